@@ -1,0 +1,31 @@
+# Two commands set up a fresh machine: `make demo` runs the gateway, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/gateway: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/gateway
+
+demo: install  ## the gateway on the embedded store in front of the bundled demo upstream
+	$(BIN)/gateway serve --demo
+
+test: install  ## the whole suite (starts its own redis-server processes on free ports)
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy
+
+bench: install  ## on demand: throughput and latency against a bare proxy, same run
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

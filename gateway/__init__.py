@@ -1,0 +1,1 @@
+"""A quota-enforcing API gateway."""

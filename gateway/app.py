@@ -1,0 +1,159 @@
+"""The one composition root: builds the proxy and admin apps from settings; all AppKeys here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.api.admin import AdminApi, admin_guard
+from gateway.api.ops import OpsApi
+from gateway.boundary import error_boundary
+from gateway.identity.registry import Registry
+from gateway.identity.resolve import Authenticator
+from gateway.identity.tokens import JwtVerifier, load_public_keys
+from gateway.metering.clock import Clock, SystemClock
+from gateway.metering.memory import MemoryStore
+from gateway.metering.store import Store
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.policy.holder import PolicyHolder
+from gateway.policy.loader import load_policy
+from gateway.proxy.forward import Forwarder, Upstream, Upstreams
+from gateway.settings import Settings
+
+
+@dataclass
+class Gateway:
+    """Everything one process shares between its proxy and admin listeners."""
+
+    settings: Settings
+    clock: Clock
+    policy: PolicyHolder
+    store: Store
+    registry: Registry
+    metrics: Metrics
+    authenticator: Authenticator
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def open_store(url: str, clock: Clock) -> Store:
+    """The store a ``--store`` URL names."""
+    if url == "memory":
+        return MemoryStore(clock)
+    raise ValueError(f"unsupported store {url!r}: expected 'memory'")
+
+
+def build_verifier(settings: Settings, tenant_claim: str) -> JwtVerifier:
+    jwt = settings.jwt
+    return JwtVerifier(
+        algorithms=jwt.algorithms,
+        secret=settings.jwt_secret(),
+        public_keys=load_public_keys(jwt.public_key_file, jwt.jwks_file),
+        issuer=jwt.issuer,
+        audience=jwt.audience,
+        leeway=jwt.leeway_seconds,
+        tenant_claim=tenant_claim,
+    )
+
+
+def build_gateway(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Gateway:
+    clock = clock or SystemClock()
+    policy = load_policy(Path(settings.policy))
+    store = store or open_store(settings.store, clock)
+    metrics = Metrics(registry or CollectorRegistry())
+    metrics.policy_info.labels(policy.name, policy.digest).set(1)
+    accounts = Registry(store, clock)
+    return Gateway(
+        settings=settings,
+        clock=clock,
+        policy=PolicyHolder(policy),
+        store=store,
+        registry=accounts,
+        metrics=metrics,
+        authenticator=Authenticator(accounts, build_verifier(settings, policy.tenant_claim)),
+    )
+
+
+def proxy_app(gateway: Gateway) -> web.Application:
+    settings = gateway.settings
+    app = web.Application(middlewares=[error_boundary(metrics=gateway.metrics)])
+    app[GATEWAY] = gateway
+    upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
+
+    forwarder = Forwarder(
+        upstreams,
+        max_body_bytes=settings.limits.max_body_bytes,
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    pipeline = Pipeline(
+        policy=gateway.policy,
+        authenticator=gateway.authenticator,
+        store=gateway.store,
+        forwarder=forwarder,
+        metrics=gateway.metrics,
+        clock=gateway.clock,
+    )
+    app.router.add_route("*", "/{tail:.*}", pipeline.handle)
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        # one session (and connection pool) for the whole app, never one per request
+        connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        forwarder.attach(session)
+        yield
+        await session.close()
+        await gateway.store.close()
+
+    app.cleanup_ctx.append(session_ctx)
+    return app
+
+
+def admin_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        middlewares=[
+            error_boundary(metrics=None),
+            admin_guard(gateway.settings.admin_token()),
+        ]
+    )
+    app[GATEWAY] = gateway
+    ops = OpsApi(store=gateway.store, metrics=gateway.metrics)
+    admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
+    app.add_routes(ops.routes() + admin.routes())
+    return app
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp server limits: header size and count, and the time allowed to send headers."""
+    limits = settings.limits
+    return {
+        "max_line_size": limits.max_header_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+        # aiohttp closes a connection that has not completed a request's headers within the
+        # keep-alive timeout, which makes it our defence against slowloris clients
+        "keepalive_timeout": limits.header_timeout_seconds,
+        # bodies are relayed as sent; decompressing them would change what the upstream sees
+        "auto_decompress": False,
+        "access_log": None,
+    }

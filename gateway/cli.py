@@ -1,0 +1,145 @@
+"""The `gateway` command: serve, policy check/show, demo-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway.app import Gateway
+from gateway.demo import demo_app
+from gateway.policy.loader import load_policy
+from gateway.policy.source import ConfigError
+from gateway.policy.table import tier_table
+from gateway.server import ServeError, serve
+from gateway.settings import load_settings, parse_address
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="A quota-enforcing API gateway.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("serve", help="run the gateway")
+    run.add_argument("--config", metavar="FILE", help="a gateway.yaml (flags override it)")
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="proxy listener (default 127.0.0.1:8080)"
+    )
+    run.add_argument(
+        "--admin-listen", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9090)"
+    )
+    run.add_argument("--upstream", metavar="URL", help="the upstream for every path")
+    run.add_argument(
+        "--policy", metavar="FILE", help="policy YAML (default policies/agentstack.yaml)"
+    )
+    run.add_argument("--store", metavar="URL", help="'memory' (default) or a Redis URL")
+    run.add_argument("--workers", metavar="N", type=int, help="worker processes sharing the port")
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run the bundled demo upstream and print a key to try it with",
+    )
+    run.add_argument(
+        "--demo-listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8000",
+        help="where --demo runs the demo upstream (default 127.0.0.1:8000)",
+    )
+
+    policy = commands.add_parser("policy", help="check or show policy files")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    check = policy_commands.add_parser("check", help="validate policy files; non-zero on any error")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    show = policy_commands.add_parser("show", help="print the tier table as Markdown")
+    show.add_argument("file", metavar="FILE")
+
+    demo = commands.add_parser("demo-upstream", help="run the bundled demo upstream alone")
+    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8000")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "policy":
+            return _policy(args)
+        address = parse_address(args.listen)
+        web.run_app(demo_app(), host=address.host, port=address.port, print=None)
+        return 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (ServeError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _serve(args: argparse.Namespace) -> int:
+    upstream = args.upstream
+    extra = []
+    if args.demo:
+        demo_address = parse_address(args.demo_listen)
+        upstream = upstream or f"http://{demo_address}"
+        extra.append((demo_app(), demo_address))
+    settings = load_settings(
+        args.config,
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        upstream=upstream,
+        policy=args.policy,
+        store=args.store,
+        workers=args.workers,
+    )
+    load_policy(settings.policy)  # fail fast, with file:line, before binding anything
+    serve(settings, on_ready=_print_demo_key if args.demo else None, extra_sites=extra)
+    return 0
+
+
+async def _print_demo_key(gateway: Gateway) -> None:
+    """Give a newcomer something to curl: an account on the lowest tier and its key."""
+    policy = gateway.policy.current
+    tier = next(iter(policy.tiers.values()))
+    key_type = next((k for k in policy.key_types if k.kind == "user"), None)
+    if key_type is None:
+        return
+    account = await gateway.registry.create_account(tier.name, is_anonymous=tier.rank == 0)
+    _, key = await gateway.registry.issue_key(account.id, key_type, label="demo")
+    listen = gateway.settings.listen
+    route = next((r for r in policy.routes if r.consume), None)
+    path = route.pattern.replace("/**", "/demo").replace("{", "").replace("}", "") if route else "/"
+    # printed once to the terminal for the newcomer; never written to the log
+    print(
+        f"\nDemo account {account.id} on tier {tier.name!r}. Try:\n"
+        f"  curl -i -H 'Authorization: Bearer {key}' http://{listen}{path}\n",
+        flush=True,
+    )
+
+
+def _policy(args: argparse.Namespace) -> int:
+    if args.policy_command == "show":
+        sys.stdout.write(tier_table(load_policy(args.file)))
+        return 0
+    failed = 0
+    for file in args.files:
+        try:
+            policy = load_policy(file)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(
+            f"ok: {file}: policy {policy.name!r}, {len(policy.tiers)} tiers, "
+            f"{len(policy.meters)} meters, {len(policy.routes)} routes"
+        )
+    return EXIT_CONFIG if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

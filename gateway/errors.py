@@ -1,0 +1,146 @@
+"""The gateway's error tree; every refusal a caller sees is one of these.
+
+    GatewayError                    status + JSON body, rendered by the one error boundary
+    ├── BadRequest                  400: malformed path, headers or JSON
+    ├── Unauthenticated             401: no, malformed, unknown, revoked or forged credential
+    ├── NotFound                    404: no route, no such account or key
+    ├── PayloadTooLarge             413: body over the configured limit
+    ├── UpstreamUnavailable         502: the upstream refused or reset the connection
+    ├── UpstreamTimeout             504: the upstream did not answer in time
+    ├── StoreUnavailable            503: the store could not decide within its budget
+    └── PolicyRefusal               a decision of the policy, body from the policy's templates
+        ├── QuotaExceeded           a meter would go over its limit (429 by default)
+        ├── FeatureUnavailable      the tier lacks a feature the route needs (402/403)
+        └── TierForbidden           the route refuses the caller's tier (403)
+
+Foreign exceptions (aiohttp client errors, pyjwt, redis) are translated where they enter
+the gateway, with ``raise ... from exc``; nothing else reaches the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status and a JSON body for the caller."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+    #: the `outcome` label for metrics
+    outcome = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details) if details else None
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: ``code``, ``message`` and, when known, ``details``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "BAD_REQUEST"
+    outcome = "bad_request"
+
+
+class ValidationError(BadRequest):
+    code = "VALIDATION_ERROR"
+
+
+class Unauthenticated(GatewayError):
+    status = 401
+    code = "UNAUTHORIZED"
+    outcome = "unauthenticated"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="gateway"')
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "FORBIDDEN"
+    outcome = "forbidden"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "NOT_FOUND"
+    outcome = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "CONFLICT"
+    outcome = "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+    outcome = "payload_too_large"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    code = "UPSTREAM_UNAVAILABLE"
+    outcome = "upstream_error"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "UPSTREAM_TIMEOUT"
+    outcome = "upstream_timeout"
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    code = "STORE_UNAVAILABLE"
+    outcome = "store_unavailable"
+
+
+class PolicyRefusal(GatewayError):
+    """A refusal whose status and body come from the policy's response templates."""
+
+    outcome = "refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: dict[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+        self._body = body
+
+    def body(self) -> dict[str, Any]:
+        return self._body
+
+
+class QuotaExceeded(PolicyRefusal):
+    outcome = "quota_exceeded"
+
+
+class FeatureUnavailable(PolicyRefusal):
+    outcome = "feature_unavailable"
+
+
+class TierForbidden(PolicyRefusal):
+    outcome = "tier_forbidden"

@@ -1,0 +1,196 @@
+"""Accounts, projects and API keys: typed records over the store's record layer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import Conflict, NotFound
+from gateway.identity.keys import digest, new_key
+from gateway.metering.clock import Clock
+from gateway.metering.store import Store
+from gateway.policy.model import KeyType
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    tier: str
+    created_at: float
+    name: str | None = None
+    email: str | None = None
+    organization_id: str | None = None
+    is_anonymous: bool = False
+
+    def public(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    account_id: str
+    name: str
+    created_at: float
+    active: bool = True
+
+    def public(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    digest: str
+    account_id: str
+    prefix: str
+    kind: str
+    created_at: float
+    project_id: str | None = None
+    label: str | None = None
+    revoked_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows: never the digest, never the key."""
+        out = dataclasses.asdict(self)
+        del out["digest"]
+        return out
+
+
+def org_account_id(organization_id: str) -> str:
+    """An organisation's account id is derived, so metering needs no lookup to find it."""
+    return f"org:{organization_id}"
+
+
+def _load(cls: type[Any], doc: dict[str, Any] | None) -> Any:
+    if doc is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+class Registry:
+    """The system of record for who a caller is. Every store holds it the same way."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def create_account(
+        self,
+        tier: str,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        organization_id: str | None = None,
+        is_anonymous: bool = False,
+    ) -> Account:
+        if organization_id is not None:
+            account_id = org_account_id(organization_id)
+        else:
+            account_id = str(await self._store.next_id("account"))
+        account = Account(
+            id=account_id,
+            tier=tier,
+            created_at=self._clock.now(),
+            name=name,
+            email=email,
+            organization_id=organization_id,
+            is_anonymous=is_anonymous,
+        )
+        doc = dataclasses.asdict(account)
+        if not await self._store.put_record("account", account_id, doc, only_if_absent=True):
+            raise Conflict(f"account {account_id!r} already exists")
+        return account
+
+    async def account(self, account_id: str) -> Account | None:
+        found: Account | None = _load(Account, await self._store.get_record("account", account_id))
+        return found
+
+    async def require_account(self, account_id: str) -> Account:
+        account = await self.account(account_id)
+        if account is None:
+            raise NotFound(f"no account {account_id!r}")
+        return account
+
+    async def update_account(self, account_id: str, **changes: Any) -> Account:
+        account = await self.require_account(account_id)
+        updated = dataclasses.replace(account, **changes)
+        await self._store.put_record("account", account_id, dataclasses.asdict(updated))
+        return updated
+
+    async def create_project(self, account_id: str, name: str) -> Project:
+        project = Project(
+            id=str(await self._store.next_id("project")),
+            account_id=account_id,
+            name=name,
+            created_at=self._clock.now(),
+        )
+        await self._store.put_record("project", project.id, dataclasses.asdict(project))
+        await self._store.add_member("projects", account_id, project.id)
+        return project
+
+    async def project(self, project_id: str) -> Project | None:
+        found: Project | None = _load(Project, await self._store.get_record("project", project_id))
+        return found
+
+    async def projects(self, account_id: str) -> list[Project]:
+        ids = await self._store.members("projects", account_id)
+        found = [await self.project(pid) for pid in ids]
+        return sorted((p for p in found if p is not None), key=lambda p: int(p.id))
+
+    async def issue_key(
+        self,
+        account_id: str,
+        key_type: KeyType,
+        *,
+        project_id: str | None = None,
+        label: str | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its plaintext, which is returned here once and never stored."""
+        plaintext = new_key(key_type.prefix, key_type.length)
+        record = ApiKey(
+            id=f"key_{await self._store.next_id('key')}",
+            digest=digest(plaintext),
+            account_id=account_id,
+            prefix=key_type.prefix,
+            kind=key_type.kind,
+            created_at=self._clock.now(),
+            project_id=project_id,
+            label=label,
+        )
+        doc = dataclasses.asdict(record)
+        await self._store.put_record("key", record.digest, doc)
+        await self._store.put_record("key_id", record.id, {"digest": record.digest})
+        await self._store.add_member("keys", account_id, record.id)
+        return record, plaintext
+
+    async def key_for(self, plaintext: str) -> ApiKey | None:
+        """The live key whose digest matches, or None (unknown or revoked)."""
+        record: ApiKey | None = _load(
+            ApiKey, await self._store.get_record("key", digest(plaintext))
+        )
+        if record is None or record.revoked_at is not None:
+            return None
+        return record
+
+    async def key(self, key_id: str) -> ApiKey | None:
+        pointer = await self._store.get_record("key_id", key_id)
+        if pointer is None:
+            return None
+        found: ApiKey | None = _load(ApiKey, await self._store.get_record("key", pointer["digest"]))
+        return found
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        record = await self.key(key_id)
+        if record is None:
+            raise NotFound(f"no key {key_id!r}")
+        if record.revoked_at is None:
+            record = dataclasses.replace(record, revoked_at=self._clock.now())
+            await self._store.put_record("key", record.digest, dataclasses.asdict(record))
+        return record
+
+    async def keys(self, account_id: str) -> list[ApiKey]:
+        found = [await self.key(key_id) for key_id in await self._store.members("keys", account_id)]
+        return sorted((k for k in found if k is not None), key=lambda k: int(k.id[4:]))

@@ -1,0 +1,86 @@
+"""Who is calling: a credential from the request resolved to an account, tier and project."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from multidict import CIMultiDictProxy
+
+from gateway.errors import Unauthenticated
+from gateway.identity.registry import Registry, org_account_id
+from gateway.identity.tokens import JwtVerifier
+from gateway.policy.model import Policy
+
+CredentialKind = Literal["user", "project", "jwt"]
+_MAX_CREDENTIAL = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    account_id: str
+    tier: str
+    kind: CredentialKind
+    project_id: str | None = None
+    key_id: str | None = None
+    organization_id: str | None = None
+
+
+def credential_from(headers: CIMultiDictProxy[str]) -> str | None:
+    """The caller's credential from ``Authorization: Bearer`` or ``X-API-Key``."""
+    bearer = None
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthenticated("Authorization must be 'Bearer <key or token>'")
+        bearer = value.strip()
+    api_key = headers.get("X-API-Key")
+    if api_key is not None:
+        api_key = api_key.strip()
+        if bearer is not None and bearer != api_key:
+            raise Unauthenticated("Authorization and X-API-Key carry different credentials")
+    credential = bearer or api_key
+    if credential is not None and (len(credential) > _MAX_CREDENTIAL or not credential.isascii()):
+        raise Unauthenticated("malformed credential")
+    return credential or None
+
+
+class Authenticator:
+    def __init__(self, registry: Registry, verifier: JwtVerifier | None) -> None:
+        self._registry = registry
+        self._verifier = verifier
+
+    async def identify(self, policy: Policy, credential: str) -> Identity:
+        key_type = policy.key_type(credential)
+        if key_type is not None:
+            # checked before any lookup, so garbage never costs a store round trip
+            if key_type.regex.fullmatch(credential) is None:
+                raise Unauthenticated(f"malformed {key_type.prefix} key")
+            key = await self._registry.key_for(credential)
+            if key is None:
+                raise Unauthenticated("unknown or revoked API key")
+            account = await self._registry.account(key.account_id)
+            if account is None:
+                raise Unauthenticated("unknown or revoked API key")
+            return Identity(
+                account_id=account.id,
+                tier=account.tier,
+                kind=key_type.kind,
+                project_id=key.project_id,
+                key_id=key.id,
+                organization_id=account.organization_id,
+            )
+        if credential.count(".") == 2 and self._verifier is not None and self._verifier.enabled:
+            claims = self._verifier.verify(credential)
+            if claims.tenant is None:
+                raise Unauthenticated(f"token lacks {policy.tenant_claim}")
+            account_id = org_account_id(claims.tenant)
+            org = await self._registry.account(account_id)
+            return Identity(
+                account_id=account_id,
+                tier=org.tier if org is not None else policy.default_tier,
+                kind="jwt",
+                organization_id=claims.tenant,
+            )
+        raise Unauthenticated("unrecognised credential")

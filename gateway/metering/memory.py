@@ -1,0 +1,133 @@
+"""The embedded in-process store: exact because each operation runs without awaiting."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.metering.clock import Clock
+from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
+from gateway.metering.store import Charge, Decision, MeterState
+from gateway.metering.windows import window, window_ttl
+
+# Expired windows are swept every this many writes, so memory stays bounded by live windows.
+_SWEEP_EVERY = 10_000
+
+
+class MemoryStore:
+    """A Store for one process. Nothing is shared with other processes or kept on restart."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._values: dict[str, int] = {}
+        self._expiry: dict[str, float] = {}
+        self._records: dict[str, str] = {}
+        self._sets: dict[str, set[str]] = {}
+        self._sequences: dict[str, int] = {}
+        self._writes = 0
+
+    # -- metering ---------------------------------------------------------------------------
+
+    def _resolve(self, account_id: str, charge: Charge, now: float) -> tuple[str, float | None]:
+        if charge.period is None:
+            return meter_key(account_id, charge.meter, charge.scope_id, None), None
+        period_id, reset_at = window(charge.period, now)
+        key = meter_key(account_id, charge.meter, charge.scope_id, period_id)
+        return key, reset_at
+
+    def _read(self, key: str, now: float) -> int:
+        expires = self._expiry.get(key)
+        if expires is not None and expires <= now:
+            self._values.pop(key, None)
+            self._expiry.pop(key, None)
+            return 0
+        return self._values.get(key, 0)
+
+    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        now = self._clock.now()
+        resolved = [self._resolve(account_id, charge, now) for charge in charges]
+        used = [self._read(key, now) for key, _ in resolved]
+        for index, charge in enumerate(charges):
+            if charge.limit is not None and used[index] + charge.cost > charge.limit:
+                states = tuple(
+                    MeterState(key, value, c.limit, reset)
+                    for (key, reset), value, c in zip(resolved, used, charges, strict=True)
+                )
+                return Decision(False, states, index)
+        states_list = []
+        for (key, reset), value, charge in zip(resolved, used, charges, strict=True):
+            if key not in self._values and charge.period is not None:
+                self._expiry[key] = now + window_ttl(charge.period)
+            self._values[key] = value + charge.cost
+            states_list.append(MeterState(key, value + charge.cost, charge.limit, reset))
+        self._count_write(now)
+        return Decision(True, tuple(states_list))
+
+    async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
+        for key, cost in items:
+            if key in self._values:
+                self._values[key] = max(self._values[key] - cost, 0)
+
+    async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
+        now = self._clock.now()
+        out = []
+        for charge in charges:
+            key, reset = self._resolve(account_id, charge, now)
+            out.append(MeterState(key, self._read(key, now), charge.limit, reset))
+        return tuple(out)
+
+    async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
+        now = self._clock.now()
+        key, reset = self._resolve(account_id, charge, now)
+        self._read(key, now)
+        if key not in self._values and charge.period is not None:
+            self._expiry[key] = now + window_ttl(charge.period)
+        self._values[key] = value
+        return MeterState(key, value, charge.limit, reset)
+
+    def _count_write(self, now: float) -> None:
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY == 0:
+            for key in [k for k, at in self._expiry.items() if at <= now]:
+                self._values.pop(key, None)
+                self._expiry.pop(key, None)
+
+    # -- records ----------------------------------------------------------------------------
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        raw = self._records.get(record_key(kind, record_id))
+        return None if raw is None else dict(json.loads(raw))
+
+    async def put_record(
+        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+    ) -> bool:
+        key = record_key(kind, record_id)
+        if only_if_absent and key in self._records:
+            return False
+        # stored serialised, as Redis does, so callers can never alias stored state
+        self._records[key] = json.dumps(doc)
+        return True
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        return self._records.pop(record_key(kind, record_id), None) is not None
+
+    async def add_member(self, kind: str, owner_id: str, member: str) -> None:
+        self._sets.setdefault(set_key(kind, owner_id), set()).add(member)
+
+    async def remove_member(self, kind: str, owner_id: str, member: str) -> None:
+        self._sets.get(set_key(kind, owner_id), set()).discard(member)
+
+    async def members(self, kind: str, owner_id: str) -> list[str]:
+        return sorted(self._sets.get(set_key(kind, owner_id), ()))
+
+    async def next_id(self, kind: str) -> int:
+        key = sequence_key(kind)
+        self._sequences[key] = self._sequences.get(key, 0) + 1
+        return self._sequences[key]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

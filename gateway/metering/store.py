@@ -1,0 +1,112 @@
+"""The Store protocol: metering decisions plus the small record layer the registry sits on.
+
+Every store (the embedded memory store, Redis single/Sentinel/Cluster) implements this and
+passes the same contract tests (tests/test_store_contract.py). A store raises
+``StoreUnavailable`` for any failure of its backend; nothing else escapes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.policy.model import Period
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One meter a decision touches, already resolved to a scope and a limit."""
+
+    meter: str
+    scope_id: str  # the account id, or the project id for project-scoped meters
+    period: Period | None  # None for a gauge (a live count)
+    cost: int
+    limit: int | None  # None: unlimited (still counted)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterState:
+    """A meter as a decision left it."""
+
+    key: str  # the exact store key (window included), for refunds and releases
+    used: int  # after the decision if admitted; unchanged usage if refused
+    limit: int | None
+    reset_at: float | None  # epoch seconds; None for gauges
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(self.limit - self.used, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    states: tuple[MeterState, ...]  # one per charge, in order
+    refused: int | None = None  # index of the first charge that would pass its limit
+
+
+class Store(Protocol):
+    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        """Check every charge and apply all of them, or none.
+
+        Admitted when, for every charge with a limit, ``used + cost <= limit`` in the
+        charge's current window; then every charge's usage grows by its cost. Refused
+        otherwise, with nothing changed and ``refused`` naming the first charge over.
+        Exact under any concurrency: two callers can never both take the last unit. A
+        counter's window key is created with an expiry; one round trip on remote stores.
+        """
+        ...
+
+    async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
+        """Give back ``cost`` on each exact key (a refund or a freed live resource).
+
+        Never takes a value below zero; a key that no longer exists stays absent.
+        """
+        ...
+
+    async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
+        """The charges' meters as they stand now, consuming nothing (costs are ignored)."""
+        ...
+
+    async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
+        """Set a meter's usage in its current window to ``value`` (admin corrections)."""
+        ...
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        """The JSON document stored under (kind, id), or None."""
+        ...
+
+    async def put_record(
+        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+    ) -> bool:
+        """Store a JSON document; with ``only_if_absent`` atomically refuse (False) to overwrite."""
+        ...
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        """Remove a document; True if it existed."""
+        ...
+
+    async def add_member(self, kind: str, owner_id: str, member: str) -> None:
+        """Add ``member`` to the set (kind, owner)."""
+        ...
+
+    async def remove_member(self, kind: str, owner_id: str, member: str) -> None:
+        """Remove ``member`` from the set (kind, owner); absent members are ignored."""
+        ...
+
+    async def members(self, kind: str, owner_id: str) -> list[str]:
+        """The set (kind, owner), sorted."""
+        ...
+
+    async def next_id(self, kind: str) -> int:
+        """A new integer id for ``kind``, unique across every process sharing the store."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable otherwise."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+        ...

@@ -1,0 +1,72 @@
+"""Prometheus collectors on an injected registry; labels are bounded (no per-account labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.decisions = Counter(
+            "gateway_decisions_total",
+            "Requests by decision: tier and route from the policy, and the outcome.",
+            ["tier", "route", "outcome"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request received to response headers sent, by route.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self.upstream_seconds = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time from forwarding to the upstream's response headers.",
+            ["upstream"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total",
+            "Upstream failures by kind: refused, timeout, broken (failed mid-response).",
+            ["upstream", "kind"],
+            registry=registry,
+        )
+        self.store_seconds = Histogram(
+            "gateway_store_duration_seconds",
+            "Time spent in store operations on the request path.",
+            ["operation"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "Requests being handled right now.",
+            registry=registry,
+        )
+        self.policy_info = Gauge(
+            "gateway_policy_info",
+            "The active policy: always 1, labelled with its name and SHA-256 digest.",
+            ["name", "digest"],
+            registry=registry,
+        )

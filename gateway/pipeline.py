@@ -1,0 +1,160 @@
+"""The request path, top to bottom: identify, match, gate, meter, forward, settle, headers."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway.errors import (
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.identity.resolve import Authenticator, Identity, credential_from
+from gateway.metering import decide
+from gateway.metering.clock import Clock
+from gateway.metering.store import Decision, Store
+from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.policy.model import Route
+from gateway.proxy import headers as identity_headers
+from gateway.proxy.forward import Forwarder, relay
+from gateway.proxy.path import canonical_path
+
+# request-scoped labels the error boundary reads for metrics
+ROUTE_LABEL = web.RequestKey("gateway.route", str)
+TIER_LABEL = web.RequestKey("gateway.tier", str)
+OUTCOME_LABEL = web.RequestKey("gateway.outcome", str)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        policy: PolicyHolder,
+        authenticator: Authenticator,
+        store: Store,
+        forwarder: Forwarder,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self._policy = policy
+        self._auth = authenticator
+        self._store = store
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self._clock = clock
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        # One policy for the whole request, even if a reload lands halfway through it.
+        policy = self._policy.current
+        path, encoded = canonical_path(request.raw_path.partition("?")[0])
+        matched = policy.match(request.method, path)
+        if matched is None:
+            raise NotFound(f"no route for {request.method} {path}")
+        route, params = matched
+        request[ROUTE_LABEL] = route.name
+
+        identity: Identity | None = None
+        decision: Decision | None = None
+        if route.auth:
+            credential = credential_from(request.headers)
+            if credential is None:
+                raise Unauthenticated("this route needs an API key or a bearer token")
+            identity = await self._auth.identify(policy, credential)
+            tier = policy.tier(identity.tier)
+            request[TIER_LABEL] = tier.name
+            decide.check_gates(policy, tier, route)
+            if route.consume:
+                project_id = decide.project_scope(route, identity, params)
+                charges = decide.charges(
+                    policy, tier, identity.account_id, project_id, route.consume
+                )
+                started = time.perf_counter()
+                decision = await self._store.consume(identity.account_id, charges)
+                self._metrics.store_seconds.labels("consume").observe(time.perf_counter() - started)
+                if not decision.admitted:
+                    index = decision.refused
+                    assert index is not None
+                    raise decide.quota_refusal(
+                        policy,
+                        tier,
+                        route,
+                        charges[index],
+                        decision.states[index],
+                        self._clock.now(),
+                    )
+
+        inject = _identity_headers(identity, route) if identity is not None else {}
+        # a gateway key is ours alone; a JWT is passed on so the upstream can verify it too
+        drop_authorization = identity is not None and identity.kind != "jwt"
+        answered = False
+        try:
+            async with self._forwarder.open(
+                request, encoded, inject=inject, drop_authorization=drop_authorization
+            ) as upstream:
+                answered = True
+                ok = 200 <= upstream.status < 300
+                await self._settle(identity, route, params, decision, answered=True, ok=ok)
+                state = decide.tightest(decision.states) if decision is not None else None
+                extra = decide.rate_limit_headers(state, self._clock.now())
+                return await relay(request, upstream, extra)
+        except (UpstreamUnavailable, UpstreamTimeout, PayloadTooLarge):
+            if not answered:
+                await self._settle(identity, route, params, decision, answered=False, ok=False)
+            raise
+
+    async def _settle(
+        self,
+        identity: Identity | None,
+        route: Route,
+        params: dict[str, str],
+        decision: Decision | None,
+        *,
+        answered: bool,
+        ok: bool,
+    ) -> None:
+        """Give back what the request should not keep; free live resources a delete removed."""
+        if identity is None:
+            return
+        policy = self._policy.current
+        giveback: list[tuple[str, int]] = []
+        if decision is not None:
+            for (name, cost), state in zip(route.consume, decision.states, strict=True):
+                meter = policy.meters.get(name)
+                if meter is None:
+                    continue
+                # a live count rises only when the upstream created the thing (2xx);
+                # a call the upstream never received is refunded
+                if (meter.kind == "gauge" and not ok) or (
+                    meter.kind == "counter" and not answered and route.refund == "unanswered"
+                ):
+                    giveback.append((state.key, cost))
+        if ok and route.release:
+            tier = policy.tier(identity.tier)
+            project_id = decide.project_scope(route, identity, params)
+            released = decide.charges(policy, tier, identity.account_id, project_id, route.release)
+            states = await self._store.peek(identity.account_id, released)
+            giveback.extend(
+                (state.key, charge.cost) for state, charge in zip(states, released, strict=True)
+            )
+        if giveback:
+            await self._store.release(identity.account_id, giveback)
+
+
+def _identity_headers(identity: Identity, route: Route) -> dict[str, str]:
+    out = {
+        identity_headers.ACCOUNT: identity.account_id,
+        identity_headers.TIER: identity.tier,
+        identity_headers.ROUTE: route.name,
+    }
+    if identity.project_id is not None:
+        out[identity_headers.PROJECT] = identity.project_id
+    if identity.key_id is not None:
+        out[identity_headers.KEY_ID] = identity.key_id
+    if identity.organization_id is not None:
+        out[identity_headers.ORGANIZATION] = identity.organization_id
+    return out

@@ -1,0 +1,490 @@
+"""Policy YAML -> a frozen Policy; every mistake is a ConfigError naming file, line and key path."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, cast
+
+from gateway.policy.model import (
+    DECISIONS,
+    Feature,
+    KeyType,
+    Meter,
+    Policy,
+    Route,
+    Template,
+    Tier,
+)
+from gateway.policy.source import ConfigError, Node, load_source, root
+from gateway.policy.templates import check_template
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_ROUTE_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_PREFIX = re.compile(r"[a-z][a-z0-9]*_([a-z0-9]+_)*")
+_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()+,;=:@-]+")
+_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB)")
+
+DEFAULT_RESPONSES: dict[str, Template] = {
+    "quota_exceeded": Template(
+        429,
+        {
+            "error": "Limit exceeded",
+            "reason": "${meter_label} limit exceeded",
+            "limit": "${limit}",
+            "current": "${current}",
+            "meter": "${meter}",
+            "reset": "${reset}",
+        },
+    ),
+    "feature_unavailable": Template(
+        403,
+        {
+            "error": "Feature not available",
+            "reason": "${feature_title} is not available on the ${tier_title} tier",
+            "feature": "${feature}",
+        },
+    ),
+    "tier_forbidden": Template(
+        403,
+        {
+            "error": "Operation not allowed",
+            "reason": "This operation is not available on the ${tier_title} tier",
+        },
+    ),
+}
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load and validate a policy file."""
+    source = load_source(path)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _build(root(source), str(path), digest)
+
+
+def _build(top: Node, file: str, digest: str) -> Policy:
+    top.mapping(
+        allowed={
+            "name",
+            "default_tier",
+            "identity",
+            "meters",
+            "features",
+            "tiers",
+            "routes",
+            "responses",
+            "table",
+        },
+        required={"name", "default_tier", "meters", "tiers", "routes"},
+    )
+    name = top.child("name").str(max_len=100)
+    meters = {key: _meter(key, node) for key, node in top.child("meters").items()}
+    if not meters:
+        raise top.child("meters").fail("define at least one meter")
+    features_node = top.get("features", {})
+    assert features_node is not None
+    features = {key: _feature(key, node) for key, node in features_node.items()}
+    raw_routes = top.value.get("routes")
+    route_names = (
+        {str(item.get("name")) for item in raw_routes if isinstance(item, dict)}
+        if isinstance(raw_routes, list)
+        else set()
+    )
+    responses = dict(DEFAULT_RESPONSES)
+    responses_node = top.get("responses")
+    if responses_node is not None:
+        responses.update(_responses(responses_node, meters, features, route_names))
+    key_types, tenant_claim = _identity(top.get("identity", {}))
+    tiers_node = top.child("tiers")
+    tiers: dict[str, Tier] = {}
+    for rank, (key, node) in enumerate(tiers_node.items()):
+        _check_name(tiers_node, key, "tier")
+        tiers[key] = _tier(key, rank, node, meters, features, route_names)
+    if not tiers:
+        raise tiers_node.fail("define at least one tier")
+    default_node = top.child("default_tier")
+    default_tier = default_node.str()
+    if default_tier not in tiers:
+        raise default_node.fail(f"unknown tier {default_tier!r}; tiers are: {', '.join(tiers)}")
+    routes = _routes(top.child("routes"), meters, features, tiers)
+    table = _table(top.get("table"), meters, features, tiers)
+    return Policy(
+        name=name,
+        file=file,
+        digest=digest,
+        meters=meters,
+        features=features,
+        tiers=tiers,
+        default_tier=default_tier,
+        routes=routes,
+        responses=responses,
+        key_types=key_types,
+        tenant_claim=tenant_claim,
+        table=table,
+    )
+
+
+def _table(
+    node: Node | None,
+    meters: dict[str, Meter],
+    features: dict[str, Feature],
+    tiers: dict[str, Tier],
+) -> tuple[str, ...]:
+    attributes = list(dict.fromkeys(a for tier in tiers.values() for a in tier.attributes))
+    if node is None:
+        return (*attributes, *meters, *features)
+    rows = []
+    for item in node.list():
+        row = item.str()
+        if row not in meters and row not in features and row not in attributes:
+            raise item.fail("a table row names a meter, a feature or a tier attribute")
+        rows.append(row)
+    return tuple(rows)
+
+
+def _check_name(parent: Node, key: str, what: str, pattern: re.Pattern[str] = _NAME) -> None:
+    if not pattern.fullmatch(key):
+        raise parent.child(key).fail(
+            f"{what} names are lowercase letters, digits and underscores, starting with a letter"
+        )
+
+
+def _meter(key: str, node: Node) -> Meter:
+    _check_name(Node(node.source, node.path[:-1], None), key, "meter")
+    node.mapping(
+        allowed={"kind", "period", "scope", "title", "label", "unit", "display_unit"},
+        required={"kind", "scope"},
+    )
+    kind = node.child("kind").str(choices=("counter", "gauge"))
+    period_node = node.get("period")
+    if kind == "counter":
+        if period_node is None:
+            raise node.fail("a counter needs a period: day or month")
+        period = period_node.str(choices=("day", "month"))
+    else:
+        if period_node is not None:
+            raise period_node.fail("a gauge counts live resources and has no period")
+        period = None
+    scope = node.child("scope").str(choices=("account", "project"))
+    title = _text(node, "title", key.replace("_", " ").capitalize())
+    label = _text(node, "label", title)
+    unit = _text(node, "unit", "units")
+    display_unit = None
+    display_node = node.get("display_unit")
+    if display_node is not None:
+        if unit != "bytes":
+            raise display_node.fail("display_unit applies to meters whose unit is bytes")
+        display_unit = display_node.str(choices=tuple(_BYTE_UNITS))
+    return Meter(
+        name=key,
+        kind=cast(Any, kind),
+        period=cast(Any, period),
+        scope=cast(Any, scope),
+        title=title,
+        label=label,
+        unit=unit,
+        display_unit=display_unit,
+    )
+
+
+def _text(node: Node, key: str, default: str) -> str:
+    child = node.get(key)
+    return child.str(max_len=200) if child is not None else default
+
+
+def _feature(key: str, node: Node) -> Feature:
+    _check_name(Node(node.source, node.path[:-1], None), key, "feature")
+    node.mapping(allowed={"title", "shown_enabled", "shown_disabled"})
+    return Feature(
+        name=key,
+        title=_text(node, "title", key.replace("_", " ").capitalize()),
+        shown_enabled=_text(node, "shown_enabled", "✅ Enabled"),
+        shown_disabled=_text(node, "shown_disabled", "❌ Disabled"),
+    )
+
+
+def _identity(node: Node | None) -> tuple[tuple[KeyType, ...], str]:
+    assert node is not None
+    node.mapping(allowed={"key_types", "tenant_claim"})
+    key_types: list[KeyType] = []
+    types_node = node.get("key_types", [])
+    assert types_node is not None
+    seen: set[str] = set()
+    for item in types_node.list():
+        item.mapping(allowed={"prefix", "kind", "length"}, required={"prefix", "kind"})
+        prefix_node = item.child("prefix")
+        prefix = prefix_node.str(max_len=32)
+        if not _PREFIX.fullmatch(prefix):
+            raise prefix_node.fail("a key prefix is lowercase letters and digits ending in '_'")
+        if prefix in seen:
+            raise prefix_node.fail(f"prefix {prefix!r} is defined twice")
+        seen.add(prefix)
+        kind = item.child("kind").str(choices=("user", "project"))
+        length_node = item.get("length", 32)
+        assert length_node is not None
+        length = length_node.int(minimum=16, maximum=128)
+        regex = re.compile(re.escape(prefix) + f"[A-Za-z0-9]{{{length}}}")
+        key_types.append(KeyType(prefix=prefix, kind=cast(Any, kind), length=length, regex=regex))
+    # the longest prefix wins, so "anon_ask_" is never read as some shorter "anon_"
+    key_types.sort(key=lambda k: -len(k.prefix))
+    claim_node = node.get("tenant_claim", "organization_id")
+    assert claim_node is not None
+    return tuple(key_types), claim_node.str(max_len=64)
+
+
+def parse_limit(node: Node, meter: Meter) -> int | None:
+    """An integer, ``unlimited``, or for byte meters a size such as ``20 MB`` or ``0.02 GB``."""
+    value = node.value
+    if isinstance(value, str) and value.strip().lower() == "unlimited":
+        return None
+    if isinstance(value, str) and meter.unit == "bytes":
+        found = _SIZE.fullmatch(value.strip())
+        if found:
+            number, unit = found.groups()
+            scaled = float(number) * _BYTE_UNITS[unit]
+            if scaled != int(scaled):
+                raise node.fail(f"{value!r} is not a whole number of bytes")
+            return int(scaled)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise node.fail(f'expected a non-negative integer or "unlimited", got {value}')
+        return value
+    sizes = ' or a size such as "20 MB"' if meter.unit == "bytes" else ""
+    raise node.fail(f'expected a non-negative integer{sizes} or "unlimited", got {value!r}')
+
+
+def _tier(
+    key: str,
+    rank: int,
+    node: Node,
+    meters: dict[str, Meter],
+    features: dict[str, Feature],
+    route_names: set[str],
+) -> Tier:
+    node.mapping(
+        allowed={"title", "limits", "features", "attributes", "responses"}, required={"limits"}
+    )
+    limits_node = node.child("limits")
+    limits: dict[str, int | None] = {}
+    for meter_name, limit_node in limits_node.items():
+        meter = meters.get(meter_name)
+        if meter is None:
+            raise limit_node.fail(f"unknown meter; meters are: {', '.join(meters)}")
+        limits[meter_name] = parse_limit(limit_node, meter)
+    for meter_name in meters:
+        if meter_name not in limits:
+            raise limits_node.fail(
+                f'missing a limit for meter {meter_name!r} (a number or "unlimited")'
+            )
+    enabled: set[str] = set()
+    features_node = node.get("features", [])
+    assert features_node is not None
+    for item in features_node.list():
+        feature = item.str()
+        if feature not in features:
+            raise item.fail(f"unknown feature; features are: {', '.join(features) or '(none)'}")
+        enabled.add(feature)
+    attributes: dict[str, str] = {}
+    attributes_node = node.get("attributes", {})
+    assert attributes_node is not None
+    for attr, value_node in attributes_node.items():
+        if not isinstance(value_node.value, str | int | float) or isinstance(
+            value_node.value, bool
+        ):
+            raise value_node.fail("an attribute is a string or a number")
+        attributes[attr] = str(value_node.value)
+    responses_node = node.get("responses")
+    responses = (
+        _responses(responses_node, meters, features, route_names)
+        if responses_node is not None
+        else {}
+    )
+    return Tier(
+        name=key,
+        title=_text(node, "title", key.capitalize()),
+        rank=rank,
+        limits=limits,
+        features=frozenset(enabled),
+        attributes=attributes,
+        responses=responses,
+    )
+
+
+def _responses(
+    node: Node, meters: dict[str, Meter], features: dict[str, Feature], routes: set[str]
+) -> dict[str, Template]:
+    out: dict[str, Template] = {}
+    for selector, item in node.items():
+        decision, _, subject = selector.partition(":")
+        if decision not in DECISIONS:
+            raise item.fail(
+                f"unknown decision {decision!r}; expected {', '.join(DECISIONS)} optionally "
+                "followed by ':' and a meter, feature or route name"
+            )
+        if subject:
+            if decision == "quota_exceeded" and subject not in meters:
+                raise item.fail(f"unknown meter {subject!r}")
+            if decision == "feature_unavailable" and subject not in features:
+                raise item.fail(f"unknown feature {subject!r}")
+            if decision == "tier_forbidden" and subject not in routes:
+                raise item.fail(f"unknown route {subject!r}")
+        out[selector] = _template(item)
+    return out
+
+
+def _template(node: Node) -> Template:
+    node.mapping(allowed={"status", "body", "headers"}, required={"status", "body"})
+    status = node.child("status").int(minimum=400, maximum=599)
+    body_node = node.child("body")
+    check_template(body_node)
+    headers: dict[str, str] = {}
+    headers_node = node.get("headers", {})
+    assert headers_node is not None
+    for name, value_node in headers_node.items():
+        headers[name] = value_node.str(max_len=1000)
+    return Template(status=status, body=body_node.value, headers=headers)
+
+
+def compile_pattern(node: Node) -> tuple[re.Pattern[str], set[str]]:
+    """``/api/projects/{id}/members``, ``*`` for one segment, a final ``**`` for the rest."""
+    pattern = node.str(max_len=500)
+    if not pattern.startswith("/"):
+        raise node.fail("a path pattern starts with '/'")
+    if pattern == "/**":
+        return re.compile(r"/.*"), set()
+    segments = pattern[1:].split("/")
+    parts: list[str] = []
+    params: set[str] = set()
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "**":
+            if not last:
+                raise node.fail("'**' may only be the last segment")
+            # "/a/**" matches "/a" and everything below it
+            parts.append("(?:/.*)?")
+            continue
+        if segment == "*":
+            parts.append("/[^/]+")
+        elif (found := _PARAM.fullmatch(segment)) is not None:
+            param = found.group(1)
+            if param in params:
+                raise node.fail(f"parameter {{{param}}} appears twice")
+            params.add(param)
+            parts.append(f"/(?P<{param}>[^/]+)")
+        elif segment == "" and last:
+            parts.append("/")
+        elif _SEGMENT.fullmatch(segment):
+            parts.append("/" + re.escape(segment))
+        else:
+            raise node.fail(f"invalid path segment {segment!r}")
+    return re.compile("".join(parts)), params
+
+
+def _costs(
+    node: Node | None, meters: dict[str, Meter], *, gauges_only: bool = False
+) -> tuple[tuple[str, int], ...]:
+    if node is None:
+        return ()
+    out: list[tuple[str, int]] = []
+    for meter_name, cost_node in node.items():
+        meter = meters.get(meter_name)
+        if meter is None:
+            raise cost_node.fail(f"unknown meter; meters are: {', '.join(meters)}")
+        if gauges_only and meter.kind != "gauge":
+            raise cost_node.fail("only gauges (live counts) can be released")
+        out.append((meter_name, cost_node.int(minimum=1, maximum=10**9)))
+    return tuple(out)
+
+
+def _routes(
+    node: Node, meters: dict[str, Meter], features: dict[str, Feature], tiers: dict[str, Tier]
+) -> tuple[Route, ...]:
+    routes: list[Route] = []
+    names: set[str] = set()
+    for item in node.list():
+        item.mapping(
+            allowed={
+                "name",
+                "methods",
+                "path",
+                "auth",
+                "consume",
+                "release",
+                "features",
+                "deny_tiers",
+                "project_param",
+                "refund",
+            },
+            required={"name", "path"},
+        )
+        name_node = item.child("name")
+        name = name_node.str(max_len=63)
+        if not _ROUTE_NAME.fullmatch(name):
+            raise name_node.fail("route names are lowercase letters, digits, '_', '.' and '-'")
+        if name in names:
+            raise name_node.fail(f"route name {name!r} is used twice")
+        names.add(name)
+        methods = None
+        methods_node = item.get("methods")
+        if methods_node is not None:
+            methods = frozenset(m.str(choices=_METHODS) for m in methods_node.list())
+            if not methods:
+                raise methods_node.fail("list at least one method, or leave methods out for any")
+        regex, params = compile_pattern(item.child("path"))
+        auth_node = item.get("auth", True)
+        assert auth_node is not None
+        auth = auth_node.bool()
+        consume = _costs(item.get("consume"), meters)
+        release = _costs(item.get("release"), meters, gauges_only=True)
+        required: list[str] = []
+        features_node = item.get("features", [])
+        assert features_node is not None
+        for feature_node in features_node.list():
+            feature = feature_node.str()
+            if feature not in features:
+                raise feature_node.fail(
+                    f"unknown feature; features are: {', '.join(features) or '(none)'}"
+                )
+            required.append(feature)
+        deny: set[str] = set()
+        deny_node = item.get("deny_tiers", [])
+        assert deny_node is not None
+        for tier_node in deny_node.list():
+            tier = tier_node.str()
+            if tier not in tiers:
+                raise tier_node.fail(f"unknown tier; tiers are: {', '.join(tiers)}")
+            deny.add(tier)
+        if not auth and (consume or release or required or deny):
+            raise item.child("auth").fail("a route without auth cannot meter, gate or deny tiers")
+        project_param = None
+        param_node = item.get("project_param")
+        if param_node is not None:
+            project_param = param_node.str()
+            if project_param not in params:
+                raise param_node.fail(f"the path has no parameter {{{project_param}}}")
+        refund_node = item.get("refund", "unanswered")
+        assert refund_node is not None
+        refund = refund_node.str(choices=("unanswered", "never"))
+        routes.append(
+            Route(
+                name=name,
+                methods=methods,
+                pattern=item.child("path").value,
+                regex=regex,
+                auth=auth,
+                consume=consume,
+                release=release,
+                features=tuple(required),
+                deny_tiers=frozenset(deny),
+                project_param=project_param,
+                refund=cast(Any, refund),
+            )
+        )
+    return tuple(routes)
+
+
+__all__ = ["ConfigError", "compile_pattern", "load_policy", "parse_limit"]

@@ -1,0 +1,145 @@
+"""The policy as frozen objects: meters, tiers, routes, key types and response templates."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MeterKind = Literal["counter", "gauge"]
+Period = Literal["day", "month"]
+Scope = Literal["account", "project"]
+Refund = Literal["unanswered", "never"]
+
+#: the decision kinds a response template can be chosen for
+DECISIONS = ("quota_exceeded", "feature_unavailable", "tier_forbidden")
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """A quantity the gateway counts: calls over a calendar window, or a live count."""
+
+    name: str
+    kind: MeterKind
+    period: Period | None  # counters only
+    scope: Scope
+    title: str  # the row title in a tier table: "Logic Engine Calls/Month"
+    label: str  # for sentences: "Logic Engine calls per month"
+    unit: str  # "calls", "bytes", ...
+    display_unit: str | None = None  # bytes only: "MB", "GB"
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    name: str
+    title: str
+    shown_enabled: str = "✅ Enabled"  # table cells of `gateway policy show`
+    shown_disabled: str = "❌ Disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A response for a decision: status and a JSON body with ``${variable}`` strings."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    title: str
+    rank: int  # position in the file: lower is cheaper
+    limits: Mapping[str, int | None]  # meter -> limit, None = unlimited
+    features: frozenset[str]
+    attributes: Mapping[str, str]  # display-only rows: price, support, SLA, ...
+    responses: Mapping[str, Template]
+
+    def limit(self, meter: str) -> int | None:
+        return self.limits.get(meter)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A method + path pattern and what a request on it costs and needs."""
+
+    name: str
+    methods: frozenset[str] | None  # None: any method
+    pattern: str
+    regex: re.Pattern[str]
+    auth: bool
+    consume: tuple[tuple[str, int], ...]
+    release: tuple[tuple[str, int], ...]
+    features: tuple[str, ...]
+    deny_tiers: frozenset[str]
+    project_param: str | None
+    refund: Refund
+
+
+@dataclass(frozen=True, slots=True)
+class KeyType:
+    """A kind of API key told apart by its prefix (``anon_ask_``, ``ask_``)."""
+
+    prefix: str
+    kind: Literal["user", "project"]
+    length: int  # random characters after the prefix
+    regex: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    file: str
+    digest: str
+    meters: Mapping[str, Meter]
+    features: Mapping[str, Feature]
+    tiers: Mapping[str, Tier]
+    default_tier: str
+    routes: tuple[Route, ...]
+    responses: Mapping[str, Template]
+    key_types: tuple[KeyType, ...]
+    tenant_claim: str
+    table: tuple[str, ...]  # row order of `gateway policy show`: meters, features, attributes
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The first route whose method and pattern match, with its path parameters."""
+        for route in self.routes:
+            if route.methods is not None and method not in route.methods:
+                continue
+            found = route.regex.fullmatch(path)
+            if found is not None:
+                return route, found.groupdict()
+        return None
+
+    def tier(self, name: str | None) -> Tier:
+        """The named tier; an unknown or missing name falls back to the default tier."""
+        if name is not None:
+            tier = self.tiers.get(name)
+            if tier is not None:
+                return tier
+        return self.tiers[self.default_tier]
+
+    def template(self, tier: Tier, decision: str, subject: str) -> Template:
+        """The response for a decision, most specific first: the tier's, then the policy's."""
+        specific = f"{decision}:{subject}"
+        for table in (tier.responses, self.responses):
+            for key in (specific, decision):
+                found = table.get(key)
+                if found is not None:
+                    return found
+        raise KeyError(decision)  # the loader guarantees a policy-wide default per decision
+
+    def key_type(self, credential: str) -> KeyType | None:
+        for key_type in self.key_types:
+            if credential.startswith(key_type.prefix):
+                return key_type
+        return None
+
+    def cheapest_tier(self, allows: Any) -> Tier | None:
+        """The cheapest tier (file order) for which ``allows(tier)`` is true."""
+        for tier in self.tiers.values():
+            if allows(tier):
+                return tier
+        return None

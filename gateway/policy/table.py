@@ -1,0 +1,43 @@
+"""`gateway policy show`: a policy's tiers as a Markdown table, in the seed documents' style."""
+
+from __future__ import annotations
+
+from gateway.policy.model import Meter, Policy
+
+_UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
+
+
+def format_limit(meter: Meter, limit: int | None) -> str:
+    if limit is None:
+        return "Unlimited"
+    if meter.unit != "bytes":
+        return f"{limit:,}"
+    for unit, size in _UNITS:
+        if meter.display_unit == unit or (meter.display_unit is None and limit >= size):
+            return f"{limit / size:g} {unit}"
+    return f"{limit} B"
+
+
+def tier_table(policy: Policy) -> str:
+    tiers = list(policy.tiers.values())
+    lines = [
+        "| Feature | " + " | ".join(t.title for t in tiers) + " |",
+        "|---|" + "---|" * len(tiers),
+    ]
+    for row in policy.table:
+        if row in policy.meters:
+            meter = policy.meters[row]
+            title = meter.title
+            cells = [format_limit(meter, t.limit(row)) for t in tiers]
+        elif row in policy.features:
+            feature = policy.features[row]
+            title = feature.title
+            cells = [
+                feature.shown_enabled if row in t.features else feature.shown_disabled
+                for t in tiers
+            ]
+        else:
+            title = row
+            cells = [t.attributes.get(row, "") for t in tiers]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,90 @@
+"""Header hygiene both ways: hop-by-hop dropped, identity headers stripped first, injected last."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 section 7.6.1 plus the legacy names proxies still see. One name per line so a
+# missing comma cannot silently join two names (tests/test_headers.py checks the set).
+HOP_BY_HOP = frozenset(
+    name.lower()
+    for name in (
+        hdrs.CONNECTION,
+        hdrs.KEEP_ALIVE,
+        hdrs.PROXY_AUTHENTICATE,
+        hdrs.PROXY_AUTHORIZATION,
+        hdrs.TE,
+        hdrs.TRAILER,
+        hdrs.TRANSFER_ENCODING,
+        hdrs.UPGRADE,
+        "Proxy-Connection",
+    )
+)
+
+#: every identity header the gateway sends upstream starts with this; clients may send none
+IDENTITY_PREFIX = "x-gateway-"
+ACCOUNT = "X-Gateway-Account"
+TIER = "X-Gateway-Tier"
+PROJECT = "X-Gateway-Project"
+KEY_ID = "X-Gateway-Key-Id"
+ORGANIZATION = "X-Gateway-Organization"
+ROUTE = "X-Gateway-Route"
+
+# headers the gateway itself sets on the way up, so client copies would be spoofs
+_FORWARDING = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
+# request headers the gateway consumes (the credential) or recomputes (host, length)
+_CONSUMED = frozenset({"host", "x-api-key", "content-length"})
+
+
+def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    named: set[str] = set()
+    for value in headers.getall(hdrs.CONNECTION, ()):
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    drop_authorization: bool,
+    inject: Mapping[str, str],
+) -> CIMultiDict[str]:
+    """The headers to send upstream: strip first (hop-by-hop, Connection-named, identity,
+    forwarding, the credential), inject last, so nothing a client sent can survive as ours."""
+    named = _connection_named(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in named
+            or lower in _FORWARDING
+            or lower in _CONSUMED
+            or lower.startswith(IDENTITY_PREFIX)
+            or (drop_authorization and lower == "authorization")
+        ):
+            continue
+        out.add(name, value)
+    for name, value in inject.items():
+        out[name] = value
+    return out
+
+
+def downstream_response_headers(
+    incoming: CIMultiDictProxy[str], *, strip_prefixes: Iterable[str] = (IDENTITY_PREFIX,)
+) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop, Connection-named and internal ones."""
+    named = _connection_named(incoming)
+    prefixes = tuple(strip_prefixes)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named or lower.startswith(prefixes):
+            continue
+        out.add(name, value)
+    return out

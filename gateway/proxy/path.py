@@ -1,0 +1,58 @@
+"""One canonical path, used both to match routes and to forward, so no rule is bypassed."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from gateway.errors import BadRequest
+
+# decoded characters that must never appear in a segment: they would change its meaning
+_FORBIDDEN = ("/", "\\", "\x00")
+_SAFE = "!$&'()*+,;=:@-._~"
+
+
+def canonical_path(raw_path: str) -> tuple[str, str]:
+    """``(decoded, encoded)`` canonical forms of a request's raw path (no query string).
+
+    Percent-escapes are decoded once; ``.`` and ``..`` segments are resolved; empty
+    segments (``//``) collapse. An encoded slash or backslash, a NUL, a control character,
+    invalid UTF-8 or a ``..`` above the root is a 400: there is no one right reading of it.
+    """
+    if not raw_path.startswith("/"):
+        raise BadRequest("the request target must be an absolute path")
+    if _already_canonical(raw_path):
+        return raw_path, raw_path
+    segments: list[str] = []
+    for raw in raw_path.split("/"):
+        try:
+            segment = unquote(raw, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise BadRequest("the path is not valid UTF-8") from exc
+        if any(ch in segment for ch in _FORBIDDEN) or any(
+            ord(ch) < 0x20 or ord(ch) == 0x7F for ch in segment
+        ):
+            raise BadRequest("the path contains an encoded separator or a control character")
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not segments:
+                raise BadRequest("the path climbs above the root")
+            segments.pop()
+            continue
+        segments.append(segment)
+    trailing = raw_path.endswith("/") and bool(segments)
+    decoded = "/" + "/".join(segments) + ("/" if trailing else "")
+    encoded = "/" + "/".join(quote(s, safe=_SAFE) for s in segments) + ("/" if trailing else "")
+    return decoded, encoded
+
+
+def _already_canonical(raw_path: str) -> bool:
+    # the common case costs a few substring scans instead of a split and decode
+    return (
+        raw_path.isascii()
+        and raw_path.isprintable()
+        and "%" not in raw_path
+        and "/." not in raw_path
+        and "//" not in raw_path
+        and "\\" not in raw_path
+    )

@@ -1,0 +1,130 @@
+"""Running the gateway: listeners, worker processes, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_options
+from gateway.settings import Address, Settings
+
+log = logging.getLogger("gateway")
+
+
+class ServeError(Exception):
+    """The gateway cannot start as configured; the message says what to change."""
+
+
+def check_workers(settings: Settings) -> None:
+    if settings.workers > 1 and settings.store == "memory":
+        raise ServeError(
+            f"--workers {settings.workers} needs a shared store: the embedded memory store lives "
+            "in one process, so each worker would count on its own. Use --store redis://HOST:6379 "
+            "(or a Sentinel or Cluster URL) to run several workers."
+        )
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    with_admin: bool = True,
+    on_ready: Callable[[Gateway], Awaitable[None]] | None = None,
+    extra_sites: list[tuple[web.Application, Address]] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
+    gateway = build_gateway(settings)
+    options = server_options(settings)
+    grace = settings.shutdown_grace_seconds
+    runners: list[web.AppRunner] = []
+    apps: list[tuple[web.Application, Address, bool]] = [
+        (proxy_app(gateway), settings.listen, reuse_port)
+    ]
+    if with_admin:
+        apps.append((admin_app(gateway), settings.admin_listen, False))
+    for app, address in extra_sites or []:
+        apps.append((app, address, False))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for app, address, reuse in apps:
+            runner = web.AppRunner(app, shutdown_timeout=grace, **options)
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(
+                runner,
+                address.host,
+                address.port,
+                reuse_port=reuse or None,
+                shutdown_timeout=grace,
+                backlog=1024,
+            )
+            await site.start()
+        log.info(
+            "gateway listening on %s (admin %s), policy %s, store %s",
+            settings.listen,
+            settings.admin_listen if with_admin else "off",
+            gateway.policy.current.name,
+            settings.store.split("@")[-1],
+        )
+        if on_ready is not None:
+            await on_ready(gateway)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests (up to %ss)", grace)
+    finally:
+        # the proxy listener first, so nothing new arrives while the rest drains
+        for runner in runners:
+            await runner.cleanup()
+
+
+def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[Gateway], Awaitable[None]] | None = None,
+    extra_sites: list[tuple[web.Application, Address]] | None = None,
+) -> None:
+    check_workers(settings)
+    if settings.workers == 1:
+        asyncio.run(run_worker(settings, on_ready=on_ready, extra_sites=extra_sites))
+        return
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=_worker_main, args=(settings, index == 0), name=f"gateway-worker-{index}"
+        )
+        for index in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None:
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise ServeError(f"workers exited with errors: {', '.join(str(n) for n in failed)}")
+
+
+def _worker_main(settings: Settings, with_admin: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(processName)s %(message)s",
+    )
+    # the admin listener (metrics, health, admin API) is served by the first worker only
+    asyncio.run(run_worker(settings, reuse_port=True, with_admin=with_admin))

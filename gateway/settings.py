@@ -1,0 +1,227 @@
+"""Runtime settings: config file, then command-line flags, then secrets from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from gateway.identity.tokens import SUPPORTED
+from gateway.policy.source import ConfigError, Node, load_source, root
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - only when the user asks for ":PORT"
+    return Address(host, int(port))
+
+
+def parse_upstream(text: str) -> URL:
+    url = URL(text)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    if url.query_string or url.fragment:
+        raise ValueError(f"an upstream URL has no query or fragment, got {text!r}")
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    algorithms: tuple[str, ...] = ("HS256",)
+    secret_env: str = "GATEWAY_JWT_SECRET"  # noqa: S105 - a variable name
+    public_key_file: str | None = None
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 8190  # one header line; aiohttp's own default
+    max_headers: int = 100
+    header_timeout_seconds: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: Address = Address("127.0.0.1", 8080)
+    admin_listen: Address = Address("127.0.0.1", 9090)
+    policy: str = "policies/agentstack.yaml"
+    store: str = "memory"
+    workers: int = 1
+    upstreams: tuple[tuple[str, URL], ...] = (("/", URL("http://127.0.0.1:8000")),)
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0
+    upstream_max_connections: int = 512
+    shutdown_grace_seconds: float = 30.0
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    admin_token_env: str = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable name
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    limits: Limits = field(default_factory=Limits)
+
+    def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        return environ.get(self.admin_token_env) or None
+
+    def jwt_secret(self, environ: Mapping[str, str] = os.environ) -> bytes | None:
+        value = environ.get(self.jwt.secret_env)
+        return value.encode("utf-8") if value else None
+
+
+_TOP = {
+    "listen",
+    "admin_listen",
+    "policy",
+    "store",
+    "workers",
+    "upstreams",
+    "timeouts",
+    "trusted_proxies",
+    "secrets",
+    "jwt",
+    "limits",
+    "shutdown_grace_seconds",
+}
+
+
+def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
+    """Settings from an optional config file, overridden by flags that are not None."""
+    settings = Settings()
+    if config_file is not None:
+        settings = _from_file(config_file)
+    overrides: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name in ("listen", "admin_listen"):
+            value = parse_address(value)
+        elif name == "upstream":
+            name, value = "upstreams", (("/", parse_upstream(value)),)
+        elif name == "workers" and value < 1:
+            raise ValueError("--workers must be at least 1")
+        overrides[name] = value
+    return dataclasses.replace(settings, **overrides)
+
+
+def _from_file(path: str) -> Settings:
+    node = root(load_source(path)).mapping(allowed=_TOP)
+    base = Path(path).parent
+    values: dict[str, Any] = {}
+    for key in ("listen", "admin_listen"):
+        child = node.get(key)
+        if child is not None:
+            values[key] = _convert(child, parse_address)
+    if (child := node.get("policy")) is not None:
+        values["policy"] = str(_relative(base, child.str()))
+    if (child := node.get("store")) is not None:
+        values["store"] = child.str()
+    if (child := node.get("workers")) is not None:
+        values["workers"] = child.int(minimum=1, maximum=256)
+    if (child := node.get("shutdown_grace_seconds")) is not None:
+        values["shutdown_grace_seconds"] = child.number()
+    if (child := node.get("upstreams")) is not None:
+        upstreams = []
+        for item in child.list():
+            item.mapping(allowed={"prefix", "url"}, required={"prefix", "url"})
+            prefix = item.child("prefix").str()
+            if not prefix.startswith("/"):
+                raise item.child("prefix").fail("a prefix starts with '/'")
+            upstreams.append((prefix, _convert(item.child("url"), parse_upstream)))
+        if not upstreams:
+            raise child.fail("list at least one upstream")
+        values["upstreams"] = tuple(upstreams)
+    if (child := node.get("timeouts")) is not None:
+        child.mapping(allowed={"connect_seconds", "read_seconds"})
+        if (sub := child.get("connect_seconds")) is not None:
+            values["connect_timeout_seconds"] = sub.number(minimum=0.001)
+        if (sub := child.get("read_seconds")) is not None:
+            values["read_timeout_seconds"] = sub.number(minimum=0.001)
+    if (child := node.get("trusted_proxies")) is not None:
+        values["trusted_proxies"] = tuple(
+            _convert(item, lambda text: ipaddress.ip_network(text, strict=False))
+            for item in child.list()
+        )
+    if (child := node.get("secrets")) is not None:
+        child.mapping(allowed={"admin_token_env"})
+        if (sub := child.get("admin_token_env")) is not None:
+            values["admin_token_env"] = sub.str()
+    if (child := node.get("jwt")) is not None:
+        values["jwt"] = _jwt(child, base)
+    if (child := node.get("limits")) is not None:
+        values["limits"] = _limits(child)
+    return Settings(**values)
+
+
+def _jwt(node: Node, base: Path) -> JwtSettings:
+    node.mapping(
+        allowed={
+            "algorithms",
+            "secret_env",
+            "public_key_file",
+            "jwks_file",
+            "issuer",
+            "audience",
+            "leeway_seconds",
+        }
+    )
+    values: dict[str, Any] = {}
+    if (child := node.get("algorithms")) is not None:
+        values["algorithms"] = tuple(
+            item.str(choices=tuple(sorted(SUPPORTED))) for item in child.list()
+        )
+    for key in ("secret_env", "issuer", "audience"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.str()
+    for key in ("public_key_file", "jwks_file"):
+        if (child := node.get(key)) is not None:
+            values[key] = str(_relative(base, child.str()))
+    if (child := node.get("leeway_seconds")) is not None:
+        values["leeway_seconds"] = child.number()
+    return JwtSettings(**values)
+
+
+def _limits(node: Node) -> Limits:
+    node.mapping(
+        allowed={"max_body_bytes", "max_header_bytes", "max_headers", "header_timeout_seconds"}
+    )
+    values: dict[str, Any] = {}
+    for key in ("max_body_bytes", "max_header_bytes", "max_headers"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.int(minimum=1)
+    if (child := node.get("header_timeout_seconds")) is not None:
+        values["header_timeout_seconds"] = child.number(minimum=0.1)
+    return Limits(**values)
+
+
+def _relative(base: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def _convert(node: Node, parse: Any) -> Any:
+    try:
+        return parse(node.str())
+    except ValueError as exc:
+        raise node.fail(str(exc)) from exc
+
+
+__all__ = ["Address", "ConfigError", "Settings", "load_settings"]

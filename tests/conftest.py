@@ -1,0 +1,180 @@
+"""Test harness: a real in-process upstream, the gateway over loopback HTTP, a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from calendar import timegm
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_options
+from gateway.metering.clock import FakeClock
+from gateway.metering.memory import MemoryStore
+from gateway.metering.store import Store
+from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+ADMIN_TOKEN = "test-admin-token-0123456789"
+JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
+
+
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return float(timegm((year, month, day, hour, minute, second, 0, 0, 0)))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(utc(2026, 11, 25, 12))
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body_bytes: int
+
+
+@dataclass
+class Upstream:
+    """A real HTTP upstream that records what reached it; tests steer its answers."""
+
+    requests: list[Seen] = field(default_factory=list)
+    status: dict[str, int] = field(default_factory=dict)  # path -> status to answer
+    delay: dict[str, float] = field(default_factory=dict)  # path -> seconds before answering
+    url: URL | None = None
+
+    def count(self, prefix: str = "/") -> int:
+        return sum(1 for r in self.requests if r.path.startswith(prefix))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        path = request.raw_path.partition("?")[0]
+        if path in self.delay:
+            await asyncio.sleep(self.delay[path])
+        self.requests.append(
+            Seen(request.method, path, request.query_string, dict(request.headers), size)
+        )
+        return web.json_response(
+            {"ok": True, "path": path, "bytes": size}, status=self.status.get(path, 200)
+        )
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Upstream:
+    state = Upstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", state.handle)
+    server = await aiohttp_server(app)
+    state.url = server.make_url("")
+    return state
+
+
+@pytest.fixture
+def store_factory() -> Callable[[FakeClock], Awaitable[Store]]:
+    """How the harness gets its store; the Redis suites override this fixture."""
+
+    async def make(clock: FakeClock) -> Store:
+        return MemoryStore(clock)
+
+    return make
+
+
+@dataclass
+class Harness:
+    gateway: Gateway
+    client: TestClient[Any, Any]
+    admin: TestClient[Any, Any]
+    upstream: Upstream
+    clock: FakeClock
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def account(self, tier: str, **fields: Any) -> str:
+        resp = await self.admin.post(
+            "/admin/accounts", json={"tier": tier, **fields}, headers=self.admin_headers
+        )
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["id"])
+
+    async def key(
+        self, account_id: str, prefix: str = "anon_ask_", project_id: str | None = None
+    ) -> str:
+        body: dict[str, Any] = {"prefix": prefix}
+        if project_id is not None:
+            body["project_id"] = project_id
+        elif prefix == "ask_":
+            project = await self.admin.post(
+                f"/admin/accounts/{account_id}/projects",
+                json={"name": "p"},
+                headers=self.admin_headers,
+            )
+            body["project_id"] = (await project.json())["id"]
+        resp = await self.admin.post(
+            f"/admin/accounts/{account_id}/keys", json=body, headers=self.admin_headers
+        )
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["key"])
+
+    async def caller(self, tier: str, prefix: str = "anon_ask_") -> dict[str, str]:
+        """Headers for a new account on ``tier``."""
+        key = await self.key(await self.account(tier), prefix)
+        return {"Authorization": f"Bearer {key}"}
+
+    async def set_usage(self, account_id: str, meter: str, value: int) -> None:
+        resp = await self.admin.put(
+            f"/admin/accounts/{account_id}/usage/{meter}",
+            json={"value": value},
+            headers=self.admin_headers,
+        )
+        assert resp.status == 200, await resp.text()
+
+
+GatewayFactory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def make_gateway(
+    upstream: Upstream,
+    clock: FakeClock,
+    store_factory: Callable[[FakeClock], Awaitable[Store]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[GatewayFactory]:
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("GATEWAY_JWT_SECRET", JWT_SECRET)
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(policy: str = "agentstack", **overrides: Any) -> Harness:
+        assert upstream.url is not None
+        settings = dataclasses.replace(
+            Settings(policy=str(POLICIES / f"{policy}.yaml"), upstreams=(("/", upstream.url),)),
+            **overrides,
+        )
+        store = await store_factory(clock)
+        gateway = build_gateway(settings, clock=clock, store=store, registry=CollectorRegistry())
+        options = {k: v for k, v in server_options(settings).items() if k != "access_log"}
+        client = TestClient(TestServer(proxy_app(gateway), **options))
+        admin = TestClient(TestServer(admin_app(gateway)))
+        for c in (client, admin):
+            await c.start_server()
+            clients.append(c)
+        return Harness(gateway, client, admin, upstream, clock)
+
+    yield make
+    for c in reversed(clients):
+        await c.close()
