@@ -112,8 +112,12 @@ async def _print_demo_key(gateway: Gateway) -> None:
     account = await gateway.registry.create_account(tier.name, is_anonymous=tier.rank == 0)
     _, key = await gateway.registry.issue_key(account.id, key_type, label="demo")
     listen = gateway.settings.listen
-    route = next((r for r in policy.routes if r.consume), None)
-    path = route.pattern.replace("/**", "/demo").replace("{", "").replace("}", "") if route else "/"
+    # a catch-all route that meters and needs no feature: something any tier may call
+    route = next(
+        (r for r in policy.routes if r.consume and r.pattern.endswith("/**") and not r.features),
+        None,
+    )
+    path = route.pattern.replace("/**", "/demo") if route else "/"
     # printed once to the terminal for the newcomer; never written to the log
     print(
         f"\nDemo account {account.id} on tier {tier.name!r}. Try:\n"
