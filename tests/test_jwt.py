@@ -53,7 +53,7 @@ def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
 
 async def test_hs256_from_the_environment_secret(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway("agentidp")
-    status, body, headers = await call(gw, org_headers("acme"))
+    status, body, _ = await call(gw, org_headers("acme"))
     assert status == 200, body
     seen = gw.upstream.requests[-1]
     assert seen.headers["X-Gateway-Organization"] == "acme"
