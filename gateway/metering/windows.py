@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import math
 from datetime import UTC, datetime
 
 from gateway.policy.model import Period
@@ -12,9 +13,12 @@ _DAY = 86_400
 
 def window(period: Period, now: float) -> tuple[str, float]:
     """The window's id (``2026-02-28`` or ``2026-02``) and the epoch second it resets at."""
-    moment = datetime.fromtimestamp(now, UTC)
+    # Whole seconds, floored: fromtimestamp rounds to the microsecond, which would put the
+    # last half-microsecond of a day or month into the next window's id.
+    second = math.floor(now)
+    moment = datetime.fromtimestamp(second, UTC)
     if period == "day":
-        start = int(now // _DAY) * _DAY
+        start = second // _DAY * _DAY
         return moment.strftime("%Y-%m-%d"), float(start + _DAY)
     year, month = moment.year, moment.month
     next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
