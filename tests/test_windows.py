@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from gateway.metering import windows
 from gateway.metering.windows import window
 from tests.conftest import GatewayFactory, Harness, org_headers, utc
 
@@ -148,3 +149,13 @@ def test_window_id_changes_exactly_at_reset(now: float, period: str) -> None:
     assert window(period, reset - 1)[0] == window_id  # type: ignore[arg-type]
     assert window(period, reset - 0.001)[0] == window_id  # type: ignore[arg-type]
     assert window(period, reset)[1] > reset  # type: ignore[arg-type]
+
+
+@given(moments, moments, st.sampled_from(["day", "month"]))
+def test_window_does_not_depend_on_what_was_asked_before(
+    first: float, second: float, period: str
+) -> None:
+    window(period, first)  # type: ignore[arg-type]
+    after_first = window(period, second)  # type: ignore[arg-type]
+    windows._last.clear()
+    assert window(period, second) == after_first  # type: ignore[arg-type]
