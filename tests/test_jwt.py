@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,46 @@ async def test_jwt_secret_in_the_environment_is_what_signs(
     assert JWT_SECRET != "x" * 40
     status, _, _ = await call(gw, bearer(mint({"organization_id": "acme"}, key="x" * 40)))
     assert status == 200
+
+
+async def test_a_short_hs256_secret_is_refused_at_start(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_JWT_SECRET", "s" * 31)
+    with pytest.raises(ValueError, match="31 bytes; HS256 needs at least 32"):
+        await make_gateway("agentidp")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "not a JSON JWKS document"),
+        ('{"keys": []}', "at least one key"),
+        ("[]", "at least one key"),
+        ('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "keys[0]: unsupported JWK key type 'oct'"),
+        ('{"keys": [{"kty": "EC", "crv": "P-256"}]}', "keys[0]:"),
+        ("private", "keys[0]: a private key"),
+    ],
+)
+async def test_a_bad_jwks_file_is_refused_at_start_naming_it(
+    make_gateway: GatewayFactory, tmp_path: Path, content: str, problem: str
+) -> None:
+    if content == "private":
+        private = ec.generate_private_key(ec.SECP256R1())
+        content = json.dumps({"keys": [json.loads(ECAlgorithm.to_jwk(private))]})
+    path = tmp_path / "jwks.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ")) as caught:
+        await make_gateway("agentidp", jwt=JwtSettings(algorithms=("ES256",), jwks_file=str(path)))
+    assert problem in str(caught.value)
+
+
+async def test_a_file_that_is_no_pem_key_is_refused_at_start(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "idp.pem"
+    path.write_text("-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        await make_gateway(
+            "agentidp", jwt=JwtSettings(algorithms=("RS256",), public_key_file=str(path))
+        )
