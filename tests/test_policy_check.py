@@ -176,3 +176,20 @@ def test_any_negative_or_wordy_limit_is_refused_at_its_line(limit: int | str) ->
         parse_policy(_with_limit(text), "p.yaml")
     assert caught.value.line == 10
     assert caught.value.path == ("tiers", "free", "limits", "calls")
+
+
+SIZED = GOOD.replace("    scope: account\n", "    scope: account\n    unit: bytes\n", 1).replace(
+    "kind: counter\n    period: month", "kind: gauge"
+)
+
+
+@given(
+    st.integers(min_value=0, max_value=10**6),
+    st.integers(min_value=0, max_value=3),
+    st.sampled_from([("KB", 10**3), ("MB", 10**6), ("GB", 10**9), ("TB", 10**12)]),
+)
+def test_decimal_sizes_load_as_exact_bytes(digits: int, places: int, unit: tuple[str, int]) -> None:
+    number = f"{digits / 10**places:.{places}f}" if places else str(digits)
+    text = SIZED.replace("limits: {calls: 10}", f'limits: {{calls: "{number} {unit[0]}"}}')
+    policy = parse_policy(text, "p.yaml")
+    assert policy.tiers["free"].limit("calls") == digits * unit[1] // 10**places

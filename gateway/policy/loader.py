@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -251,8 +252,9 @@ def parse_limit(node: Node, meter: Meter) -> int | None:
         found = _SIZE.fullmatch(value.strip())
         if found:
             number, unit = found.groups()
-            scaled = float(number) * _BYTE_UNITS[unit]
-            if scaled != int(scaled):
+            # exact decimal arithmetic: in binary floating point "2.01 MB" is 2009999.9999999998
+            scaled = Decimal(number) * _BYTE_UNITS[unit]
+            if scaled != scaled.to_integral_value():
                 raise node.fail(f"{value!r} is not a whole number of bytes")
             return int(scaled)
     if isinstance(value, int) and not isinstance(value, bool):
