@@ -193,3 +193,11 @@ def test_decimal_sizes_load_as_exact_bytes(digits: int, places: int, unit: tuple
     text = SIZED.replace("limits: {calls: 10}", f'limits: {{calls: "{number} {unit[0]}"}}')
     policy = parse_policy(text, "p.yaml")
     assert policy.tiers["free"].limit("calls") == digits * unit[1] // 10**places
+
+
+def test_show_of_a_bad_policy_exits_2_naming_the_place() -> None:
+    bad = relative(BAD / "unknown_key_tier.yaml")
+    result = gateway_cli("policy", "show", bad)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {bad}:11 tiers.free.price: unknown key")
