@@ -231,6 +231,7 @@ def test_sizes_are_decimal_bytes(agentstack: Policy) -> None:
         ("policies/agentstack.yaml", AGENTSTACK_001, ROWS_001),
         ("policies/agentidp.yaml", AGENTIDP_002, ROWS_002),
     ],
+    ids=["agentstack", "agentidp"],
 )
 def test_policy_show_prints_the_seed_table(
     policy_file: str, table: str, rows: dict[str, tuple[str, str]]
