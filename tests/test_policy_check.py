@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.policy.loader import load_policy, parse_policy
@@ -163,12 +163,14 @@ def _with_limit(limit: str) -> str:
     return GOOD.replace("limits: {calls: 10}", f"limits: {{calls: {limit}}}")
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=0, max_value=10**15))
 def test_any_non_negative_integer_limit_loads_as_itself(limit: int) -> None:
     policy = parse_policy(_with_limit(str(limit)), "p.yaml")
     assert policy.tiers["free"].limit("calls") == limit
 
 
+@settings(deadline=None)
 @given(st.integers(max_value=-1) | st.text(alphabet="abcxyz!? ", min_size=1, max_size=12))
 def test_any_negative_or_wordy_limit_is_refused_at_its_line(limit: int | str) -> None:
     text = str(limit) if isinstance(limit, int) else f'"{limit}"'
@@ -183,6 +185,7 @@ SIZED = GOOD.replace("    scope: account\n", "    scope: account\n    unit: byte
 )
 
 
+@settings(deadline=None)
 @given(
     st.integers(min_value=0, max_value=10**6),
     st.integers(min_value=0, max_value=3),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.policy.loader import parse_policy
@@ -42,6 +42,7 @@ def test_sizes_print_like_the_seed() -> None:
     assert format_limit(calls, 10_000_000) == "10,000,000"
 
 
+@settings(deadline=None)
 @given(
     st.integers(min_value=0, max_value=10**15),
     st.sampled_from([None, "B", "KB", "MB", "GB", "TB"]),

@@ -6,7 +6,7 @@ import calendar
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.metering import windows
@@ -117,6 +117,7 @@ def civil(now: float) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=int(now // 1))
 
 
+@settings(deadline=None)
 @given(moments)
 @example(86_399.999_999_9)  # fromtimestamp would round this up into the next day
 def test_day_window_resets_at_exactly_the_next_midnight(now: float) -> None:
@@ -127,6 +128,7 @@ def test_day_window_resets_at_exactly_the_next_midnight(now: float) -> None:
     assert window_id == civil(now).strftime("%Y-%m-%d")
 
 
+@settings(deadline=None)
 @given(moments)
 @example(utc(2026, 11, 30, 23, 59, 59) + 0.999_999_7)
 def test_month_window_resets_on_the_first_of_the_next_month(now: float) -> None:
@@ -141,6 +143,7 @@ def test_month_window_resets_on_the_first_of_the_next_month(now: float) -> None:
     assert reset - start == calendar.monthrange(moment.year, moment.month)[1] * DAY
 
 
+@settings(deadline=None)
 @given(moments, st.sampled_from(["day", "month"]))
 @example(utc(2026, 12, 31, 23, 59, 59) + 0.999_999_7, "month")
 def test_window_id_changes_exactly_at_reset(now: float, period: str) -> None:
@@ -151,6 +154,7 @@ def test_window_id_changes_exactly_at_reset(now: float, period: str) -> None:
     assert window(period, reset)[1] > reset  # type: ignore[arg-type]
 
 
+@settings(deadline=None)
 @given(moments, moments, st.sampled_from(["day", "month"]))
 def test_window_does_not_depend_on_what_was_asked_before(
     first: float, second: float, period: str
