@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,22 +26,63 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# a DNS name: dot-separated labels of letters, digits, '-' (and '_', which container names use)
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+
+
+def _check_host(host: str, text: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"invalid host {host!r} in {text!r}") from None
+
+
 def parse_address(text: str) -> Address:
     """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - only when the user asks for ":PORT"
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"unbalanced brackets in {text!r}")
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"brackets are for IPv6 addresses, got {text!r}")
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, as [::1]:PORT, got {text!r}")
+    host = host or "0.0.0.0"  # noqa: S104 - only when the user asks for ":PORT"
+    _check_host(host, text)
     return Address(host, int(port))
 
 
 def parse_upstream(text: str) -> URL:
-    url = URL(text)
-    if url.scheme not in ("http", "https") or not url.host:
+    try:
+        url = URL(text)
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {text!r}: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.raw_host:
         raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    if url.query_string or url.fragment:
-        raise ValueError(f"an upstream URL has no query or fragment, got {text!r}")
+    _check_host(url.raw_host, text)
+    if port == 0:
+        raise ValueError(f"an upstream URL needs a port between 1 and 65535, got {text!r}")
+    if url.query_string or url.fragment or url.user is not None:
+        raise ValueError(f"an upstream URL has no query, fragment or credentials, got {text!r}")
     return url
+
+
+def parse_store(text: str) -> str:
+    """``memory`` or a Redis URL (``redis://``, ``rediss://`` and the Sentinel/Cluster forms)."""
+    if text == "memory":
+        return text
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.startswith("redis") or not rest:
+        raise ValueError(f"expected 'memory' or a redis:// URL, got {text.split('@')[-1]!r}")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +129,42 @@ class Settings:
         return value.encode("utf-8") if value else None
 
 
-_TOP = {
-    "listen",
-    "admin_listen",
-    "policy",
-    "store",
-    "workers",
-    "upstreams",
-    "timeouts",
-    "trusted_proxies",
-    "secrets",
-    "jwt",
-    "limits",
-    "shutdown_grace_seconds",
+#: every key a config file may hold, by section ("" is the top level); anything else is an error
+KEYS: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {
+            "listen",
+            "admin_listen",
+            "policy",
+            "store",
+            "workers",
+            "upstreams",
+            "upstream_max_connections",
+            "timeouts",
+            "trusted_proxies",
+            "secrets",
+            "jwt",
+            "limits",
+            "shutdown_grace_seconds",
+        }
+    ),
+    "upstreams[]": frozenset({"prefix", "url"}),
+    "timeouts": frozenset({"connect_seconds", "read_seconds"}),
+    "secrets": frozenset({"admin_token_env"}),
+    "jwt": frozenset(
+        {
+            "algorithms",
+            "secret_env",
+            "public_key_file",
+            "jwks_file",
+            "issuer",
+            "audience",
+            "leeway_seconds",
+        }
+    ),
+    "limits": frozenset(
+        {"max_body_bytes", "max_header_bytes", "max_headers", "header_timeout_seconds"}
+    ),
 }
 
 
@@ -116,6 +181,8 @@ def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
             value = parse_address(value)
         elif name == "upstream":
             name, value = "upstreams", (("/", parse_upstream(value)),)
+        elif name == "store":
+            value = parse_store(value)
         elif name == "workers" and value < 1:
             raise ValueError("--workers must be at least 1")
         overrides[name] = value
@@ -123,7 +190,7 @@ def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
 
 
 def _from_file(path: str) -> Settings:
-    node = root(load_source(path)).mapping(allowed=_TOP)
+    node = root(load_source(path)).mapping(allowed=set(KEYS[""]))
     base = Path(path).parent
     values: dict[str, Any] = {}
     for key in ("listen", "admin_listen"):
@@ -133,24 +200,28 @@ def _from_file(path: str) -> Settings:
     if (child := node.get("policy")) is not None:
         values["policy"] = str(_relative(base, child.str()))
     if (child := node.get("store")) is not None:
-        values["store"] = child.str()
+        values["store"] = _convert(child, parse_store)
     if (child := node.get("workers")) is not None:
         values["workers"] = child.int(minimum=1, maximum=256)
+    if (child := node.get("upstream_max_connections")) is not None:
+        values["upstream_max_connections"] = child.int(minimum=1, maximum=100_000)
     if (child := node.get("shutdown_grace_seconds")) is not None:
         values["shutdown_grace_seconds"] = child.number()
     if (child := node.get("upstreams")) is not None:
-        upstreams = []
+        upstreams: list[tuple[str, URL]] = []
         for item in child.list():
-            item.mapping(allowed={"prefix", "url"}, required={"prefix", "url"})
+            item.mapping(allowed=set(KEYS["upstreams[]"]), required={"prefix", "url"})
             prefix = item.child("prefix").str()
             if not prefix.startswith("/"):
                 raise item.child("prefix").fail("a prefix starts with '/'")
+            if any(prefix == seen for seen, _ in upstreams):
+                raise item.child("prefix").fail(f"prefix {prefix!r} is listed twice")
             upstreams.append((prefix, _convert(item.child("url"), parse_upstream)))
         if not upstreams:
             raise child.fail("list at least one upstream")
         values["upstreams"] = tuple(upstreams)
     if (child := node.get("timeouts")) is not None:
-        child.mapping(allowed={"connect_seconds", "read_seconds"})
+        child.mapping(allowed=set(KEYS["timeouts"]))
         if (sub := child.get("connect_seconds")) is not None:
             values["connect_timeout_seconds"] = sub.number(minimum=0.001)
         if (sub := child.get("read_seconds")) is not None:
@@ -161,7 +232,7 @@ def _from_file(path: str) -> Settings:
             for item in child.list()
         )
     if (child := node.get("secrets")) is not None:
-        child.mapping(allowed={"admin_token_env"})
+        child.mapping(allowed=set(KEYS["secrets"]))
         if (sub := child.get("admin_token_env")) is not None:
             values["admin_token_env"] = sub.str()
     if (child := node.get("jwt")) is not None:
@@ -172,37 +243,35 @@ def _from_file(path: str) -> Settings:
 
 
 def _jwt(node: Node, base: Path) -> JwtSettings:
-    node.mapping(
-        allowed={
-            "algorithms",
-            "secret_env",
-            "public_key_file",
-            "jwks_file",
-            "issuer",
-            "audience",
-            "leeway_seconds",
-        }
-    )
+    node.mapping(allowed=set(KEYS["jwt"]))
     values: dict[str, Any] = {}
     if (child := node.get("algorithms")) is not None:
         values["algorithms"] = tuple(
             item.str(choices=tuple(sorted(SUPPORTED))) for item in child.list()
         )
-    for key in ("secret_env", "issuer", "audience"):
-        if (child := node.get(key)) is not None:
+        if not values["algorithms"]:
+            raise child.fail("list at least one algorithm")
+    if (child := node.get("secret_env")) is not None:
+        values["secret_env"] = child.str()
+    # null (or leaving the key out) means "not used"
+    for key in ("issuer", "audience"):
+        if (child := node.get(key)) is not None and child.value is not None:
             values[key] = child.str()
     for key in ("public_key_file", "jwks_file"):
-        if (child := node.get(key)) is not None:
+        if (child := node.get(key)) is not None and child.value is not None:
             values[key] = str(_relative(base, child.str()))
     if (child := node.get("leeway_seconds")) is not None:
         values["leeway_seconds"] = child.number()
-    return JwtSettings(**values)
+    jwt = JwtSettings(**values)
+    # an RS/ES algorithm with no key to verify it would refuse every token, silently
+    asymmetric = [a for a in jwt.algorithms if not a.startswith("HS")]
+    if asymmetric and jwt.public_key_file is None and jwt.jwks_file is None:
+        raise node.fail(f"{asymmetric[0]} needs public_key_file or jwks_file")
+    return jwt
 
 
 def _limits(node: Node) -> Limits:
-    node.mapping(
-        allowed={"max_body_bytes", "max_header_bytes", "max_headers", "header_timeout_seconds"}
-    )
+    node.mapping(allowed=set(KEYS["limits"]))
     values: dict[str, Any] = {}
     for key in ("max_body_bytes", "max_header_bytes", "max_headers"):
         if (child := node.get(key)) is not None:
@@ -224,4 +293,4 @@ def _convert(node: Node, parse: Any) -> Any:
         raise node.fail(str(exc)) from exc
 
 
-__all__ = ["Address", "ConfigError", "Settings", "load_settings"]
+__all__ = ["KEYS", "Address", "ConfigError", "JwtSettings", "Limits", "Settings", "load_settings"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from calendar import timegm
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -30,6 +32,26 @@ JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     return float(timegm((year, month, day, hour, minute, second, 0, 0, 0)))
+
+
+def mint(
+    claims: dict[str, Any],
+    *,
+    key: Any = JWT_SECRET,
+    algorithm: str = "HS256",
+    headers: dict[str, Any] | None = None,
+    lifetime: float | None = 3600,
+) -> str:
+    """A signed JWT; ``exp`` is real time plus ``lifetime`` (pyjwt checks it against real time)."""
+    body = dict(claims)
+    if lifetime is not None:
+        body.setdefault("exp", int(time.time() + lifetime))
+    return jwt.encode(body, key, algorithm=algorithm, headers=headers)
+
+
+def org_headers(organization_id: str, **claims: Any) -> dict[str, str]:
+    """Bearer headers for an organisation's HS256 token signed with the test secret."""
+    return {"Authorization": f"Bearer {mint({'organization_id': organization_id, **claims})}"}
 
 
 @pytest.fixture

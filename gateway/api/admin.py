@@ -21,11 +21,13 @@ from gateway.policy.model import Policy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+MAX_USAGE = 2**53 - 1
+
 
 def admin_guard(
     token: str | None,
 ) -> Middleware:
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -33,9 +35,10 @@ def admin_guard(
             return await handler(request)
         if expected is None:
             raise Forbidden("the admin API is disabled: set GATEWAY_ADMIN_TOKEN to enable it")
-        given = request.headers.get("Authorization", "").encode()
-        # constant-time, so response timing reveals nothing about the token
-        if not hmac.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # the scheme is case-insensitive (RFC 9110); the token is compared in constant time,
+        # so response timing reveals nothing about it
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
             raise Unauthenticated("a valid admin token is required")
         return await handler(request)
 
@@ -158,8 +161,11 @@ class AdminApi:
             raise NotFound(f"no meter {meter_name!r}; meters are: {', '.join(policy.meters)}")
         body = await read_json(request)
         value = field(body, "value", int)
-        if value < 0:
-            raise ValidationError("value must not be negative.", details={"received": value})
+        # every store keeps usage as a signed 64-bit integer; JSON callers lose precision past 2**53
+        if not 0 <= value <= MAX_USAGE:
+            raise ValidationError(
+                f"value must be between 0 and {MAX_USAGE}.", details={"received": value}
+            )
         project_id = field(body, "project_id", str, required=False)
         tier = policy.tier(account.tier)
         charge = decide.charges(policy, tier, account.id, project_id, [(meter_name, 0)])[0]

@@ -16,6 +16,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from gateway.errors import Unauthenticated
 
 _SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
+_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 SUPPORTED = _SYMMETRIC | _ASYMMETRIC
 # what an organisation id may look like: it becomes part of store keys and upstream headers
@@ -44,6 +45,14 @@ class JwtVerifier:
         tenant_claim: str = "organization_id",
     ) -> None:
         self.algorithms = algorithms
+        # RFC 7518 3.2: an HMAC key at least as long as the hash. pyjwt would otherwise warn on
+        # every request, and a short secret can be brute-forced from any token it signed.
+        shortest = max((_HMAC_KEY_BYTES[a] for a in algorithms if a in _SYMMETRIC), default=0)
+        if secret is not None and len(secret) < shortest:
+            raise ValueError(
+                f"the JWT secret is {len(secret)} bytes; {', '.join(algorithms)} needs at least "
+                f"{shortest} random bytes"
+            )
         self._secret = secret
         self._public = public_keys or {}
         self._issuer = issuer
@@ -109,18 +118,36 @@ def load_public_keys(pem_file: str | None, jwks_file: str | None) -> dict[str | 
     """Public keys by ``kid`` (None for a single PEM key); RSA or EC only."""
     keys: dict[str | None, Any] = {}
     if pem_file:
-        key = load_pem_public_key(Path(pem_file).read_bytes())
-        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        try:
+            pem = load_pem_public_key(Path(pem_file).read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{pem_file}: not a PEM public key: {exc}") from exc
+        if not isinstance(pem, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             raise ValueError(f"{pem_file}: expected an RSA or EC public key")
-        keys[None] = key
+        keys[None] = pem
     if jwks_file:
-        data = json.loads(Path(jwks_file).read_text(encoding="utf-8"))
-        for jwk in data.get("keys", []):
-            kty = jwk.get("kty")
-            if kty == "RSA":
-                keys[jwk.get("kid")] = RSAAlgorithm.from_jwk(json.dumps(jwk))
-            elif kty == "EC":
-                keys[jwk.get("kid")] = ECAlgorithm.from_jwk(json.dumps(jwk))
-            else:
-                raise ValueError(f"{jwks_file}: unsupported JWK key type {kty!r}")
+        try:
+            data = json.loads(Path(jwks_file).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{jwks_file}: not a JSON JWKS document: {exc}") from exc
+        found = data.get("keys") if isinstance(data, dict) else None
+        if not isinstance(found, list) or not found:
+            raise ValueError(f'{jwks_file}: expected {{"keys": [...]}} with at least one key')
+        for index, jwk in enumerate(found):
+            where = f"{jwks_file}: keys[{index}]"
+            kty = jwk.get("kty") if isinstance(jwk, dict) else None
+            try:
+                if kty == "RSA":
+                    key: object = RSAAlgorithm.from_jwk(json.dumps(jwk))
+                elif kty == "EC":
+                    key = ECAlgorithm.from_jwk(json.dumps(jwk))
+                else:
+                    raise ValueError(f"{where}: unsupported JWK key type {kty!r}")
+            except jwt.InvalidKeyError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+            # private keys do not belong in a file the gateway only verifies with
+            if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+                raise ValueError(f"{where}: a private key; list only public keys")
+            kid = jwk.get("kid")
+            keys[kid if isinstance(kid, str) else None] = key
     return keys

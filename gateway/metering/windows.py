@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import math
 from datetime import UTC, datetime
 
 from gateway.policy.model import Period
@@ -10,16 +11,31 @@ from gateway.policy.model import Period
 _DAY = 86_400
 
 
+# The last window computed per period: every request of a day or month falls in the same one,
+# so the calendar arithmetic runs once per window, not once per request.
+_last: dict[str, tuple[float, float, str]] = {}  # period -> (start, reset, id)
+
+
 def window(period: Period, now: float) -> tuple[str, float]:
     """The window's id (``2026-02-28`` or ``2026-02``) and the epoch second it resets at."""
-    moment = datetime.fromtimestamp(now, UTC)
+    last = _last.get(period)
+    if last is not None and last[0] <= now < last[1]:
+        return last[2], last[1]
+    # Whole seconds, floored: fromtimestamp rounds to the microsecond, which would put the
+    # last half-microsecond of a day or month into the next window's id.
+    second = math.floor(now)
+    moment = datetime.fromtimestamp(second, UTC)
     if period == "day":
-        start = int(now // _DAY) * _DAY
-        return moment.strftime("%Y-%m-%d"), float(start + _DAY)
-    year, month = moment.year, moment.month
-    next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
-    reset = calendar.timegm((next_year, next_month, 1, 0, 0, 0, 0, 0, 0))
-    return f"{year:04d}-{month:02d}", float(reset)
+        start = second // _DAY * _DAY
+        window_id, reset = moment.strftime("%Y-%m-%d"), start + _DAY
+    else:
+        year, month = moment.year, moment.month
+        next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
+        start = calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
+        reset = calendar.timegm((next_year, next_month, 1, 0, 0, 0, 0, 0, 0))
+        window_id = f"{year:04d}-{month:02d}"
+    _last[period] = (float(start), float(reset), window_id)
+    return window_id, float(reset)
 
 
 def window_ttl(period: Period) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +18,7 @@ from gateway.policy.model import (
     Template,
     Tier,
 )
-from gateway.policy.source import ConfigError, Node, load_source, root
+from gateway.policy.source import ConfigError, Node, describe, load_source, parse_source, root
 from gateway.policy.templates import check_template
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -64,6 +65,12 @@ def load_policy(path: str | Path) -> Policy:
     source = load_source(path)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return _build(root(source), str(path), digest)
+
+
+def parse_policy(text: str, file: str = "<string>") -> Policy:
+    """Validate a policy given as text; errors name ``file`` as if it had been read from it."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _build(root(parse_source(text, file)), file, digest)
 
 
 def _build(top: Node, file: str, digest: str) -> Policy:
@@ -245,8 +252,9 @@ def parse_limit(node: Node, meter: Meter) -> int | None:
         found = _SIZE.fullmatch(value.strip())
         if found:
             number, unit = found.groups()
-            scaled = float(number) * _BYTE_UNITS[unit]
-            if scaled != int(scaled):
+            # exact decimal arithmetic: in binary floating point "2.01 MB" is 2009999.9999999998
+            scaled = Decimal(number) * _BYTE_UNITS[unit]
+            if scaled != scaled.to_integral_value():
                 raise node.fail(f"{value!r} is not a whole number of bytes")
             return int(scaled)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -254,7 +262,7 @@ def parse_limit(node: Node, meter: Meter) -> int | None:
             raise node.fail(f'expected a non-negative integer or "unlimited", got {value}')
         return value
     sizes = ' or a size such as "20 MB"' if meter.unit == "bytes" else ""
-    raise node.fail(f'expected a non-negative integer{sizes} or "unlimited", got {value!r}')
+    raise node.fail(f'expected a non-negative integer{sizes} or "unlimited", got {describe(value)}')
 
 
 def _tier(
@@ -487,4 +495,4 @@ def _routes(
     return tuple(routes)
 
 
-__all__ = ["ConfigError", "compile_pattern", "load_policy", "parse_limit"]
+__all__ = ["ConfigError", "compile_pattern", "load_policy", "parse_limit", "parse_policy"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ def load_source(path: str | Path) -> Source:
     except OSError as exc:
         raise ConfigError(file, None, (), f"cannot read file: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(file, None, (), "file is not valid UTF-8") from exc
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(file, line, (), f"not valid UTF-8 (byte {exc.start + 1})") from exc
     return parse_source(text, file)
 
 
@@ -69,7 +71,12 @@ def parse_source(text: str, file: str = "<string>") -> Source:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError(file, line, (), f"invalid YAML: {exc.problem or exc}") from exc
+        problem = f"invalid YAML: {exc.problem or exc}"
+        # an unclosed bracket or quote is found lines later; say where it was opened
+        context = exc.context_mark
+        if exc.context and context is not None and context.line + 1 != line:
+            problem += f" ({exc.context} on line {context.line + 1})"
+        raise ConfigError(file, line, (), problem) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(file, None, (), f"invalid YAML: {exc}") from exc
     finally:
@@ -141,7 +148,7 @@ class Node:
         self, *, allowed: set[str] | None = None, required: frozenset[str] | set[str] = frozenset()
     ) -> Node:
         if not isinstance(self.value, dict):
-            raise self.fail(f"expected a mapping, got {_describe(self.value)}")
+            raise self.fail(f"expected a mapping, got {describe(self.value)}")
         if allowed is not None:
             for key in self.value:
                 if key not in allowed:
@@ -171,12 +178,12 @@ class Node:
 
     def list(self) -> list[Node]:
         if not isinstance(self.value, list):
-            raise self.fail(f"expected a list, got {_describe(self.value)}")
+            raise self.fail(f"expected a list, got {describe(self.value)}")
         return [Node(self.source, (*self.path, i), v) for i, v in enumerate(self.value)]
 
     def str(self, *, choices: tuple[str, ...] | None = None, max_len: int = 10_000) -> str:
         if not isinstance(self.value, str) or not self.value:
-            raise self.fail(f"expected a non-empty string, got {_describe(self.value)}")
+            raise self.fail(f"expected a non-empty string, got {describe(self.value)}")
         if len(self.value) > max_len:
             raise self.fail(f"expected at most {max_len} characters")
         if choices is not None and self.value not in choices:
@@ -185,12 +192,12 @@ class Node:
 
     def bool(self) -> bool:
         if not isinstance(self.value, bool):
-            raise self.fail(f"expected true or false, got {_describe(self.value)}")
+            raise self.fail(f"expected true or false, got {describe(self.value)}")
         return self.value
 
     def int(self, *, minimum: int = 0, maximum: int | None = None) -> int:
         if not isinstance(self.value, int) or isinstance(self.value, bool):
-            raise self.fail(f"expected an integer, got {_describe(self.value)}")
+            raise self.fail(f"expected an integer, got {describe(self.value)}")
         if self.value < minimum or (maximum is not None and self.value > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise self.fail(f"expected an integer of at least {minimum}{upper}, got {self.value}")
@@ -198,7 +205,7 @@ class Node:
 
     def number(self, *, minimum: float = 0.0) -> float:
         if not isinstance(self.value, int | float) or isinstance(self.value, bool):
-            raise self.fail(f"expected a number, got {_describe(self.value)}")
+            raise self.fail(f"expected a number, got {describe(self.value)}")
         if self.value < minimum:
             raise self.fail(f"expected a number of at least {minimum}, got {self.value}")
         return float(self.value)
@@ -208,7 +215,7 @@ def root(source: Source) -> Node:
     return Node(source, (), source.data)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
@@ -218,5 +225,5 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"{value!r}" if value else "an empty string"
+        return json.dumps(value, ensure_ascii=False) if value else "an empty string"
     return f"{value!r}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from gateway.policy.model import Meter, Policy
 
 _UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
@@ -14,7 +16,11 @@ def format_limit(meter: Meter, limit: int | None) -> str:
         return f"{limit:,}"
     for unit, size in _UNITS:
         if meter.display_unit == unit or (meter.display_unit is None and limit >= size):
-            return f"{limit / size:g} {unit}"
+            # exact, so the table shows what the policy holds ("2.01 MB", never rounded)
+            number = f"{Decimal(limit) / size:f}"
+            if "." in number:
+                number = number.rstrip("0").rstrip(".")
+            return f"{number} {unit}"
     return f"{limit} B"
 
 
