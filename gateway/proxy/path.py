@@ -16,12 +16,16 @@ def canonical_path(raw_path: str) -> tuple[str, str]:
 
     Percent-escapes are decoded once; ``.`` and ``..`` segments are resolved; empty
     segments (``//``) collapse. An encoded slash or backslash, a NUL, a control character,
-    invalid UTF-8 or a ``..`` above the root is a 400: there is no one right reading of it.
+    a fragment, invalid UTF-8 or a ``..`` above the root is a 400: there is no one right
+    reading of it.
     """
     if not raw_path.startswith("/"):
         raise BadRequest("the request target must be an absolute path")
     if _already_canonical(raw_path):
         return raw_path, raw_path
+    if "#" in raw_path:
+        # a request target has no fragment; a server that cuts it off would see another path
+        raise BadRequest("the request target must not contain a fragment ('#')")
     segments: list[str] = []
     for raw in raw_path.split("/"):
         try:
@@ -55,4 +59,5 @@ def _already_canonical(raw_path: str) -> bool:
         and "/." not in raw_path
         and "//" not in raw_path
         and "\\" not in raw_path
+        and "#" not in raw_path
     )
