@@ -109,7 +109,9 @@ def proxy_app(gateway: Gateway) -> web.Application:
         metrics=gateway.metrics,
         clock=gateway.clock,
     )
-    app.router.add_route("*", "/{tail:.*}", pipeline.handle)
+    # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
+    # gets the pipeline's 400 rather than slipping past the route as a 404
+    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # one session (and connection pool) for the whole app, never one per request

@@ -12,7 +12,7 @@ from aiohttp.typedefs import Middleware
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pipeline import OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
-from gateway.proxy.forward import UpstreamBroken
+from gateway.proxy.forward import ClientGone, StreamCut
 
 log = logging.getLogger("gateway")
 
@@ -39,9 +39,15 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
         except GatewayError as exc:
             outcome = exc.outcome
             return error_response(exc)
-        except UpstreamBroken:
-            outcome = "upstream_broken"
-            raise
+        except StreamCut as exc:
+            # The status line went out long ago: there is no error to render, only the
+            # exchange to finish. aiohttp sees a prepared response and closes quietly.
+            outcome = exc.outcome
+            if isinstance(exc, ClientGone):
+                log.debug("%s %r: %s", request.method, request.raw_path, exc)
+            else:
+                log.warning("%s %r: %s", request.method, request.raw_path, exc)
+            return exc.response
         except web.HTTPException as exc:
             # aiohttp's own refusals (e.g. 413 from request.read()) in our JSON shape
             outcome = "bad_request" if exc.status < 500 else "error"

@@ -5,6 +5,7 @@
     ├── Unauthenticated             401: no, malformed, unknown, revoked or forged credential
     ├── NotFound                    404: no route, no such account or key
     ├── PayloadTooLarge             413: body over the configured limit
+    ├── HeadersTooLarge             431: a header field too long, or too many of them
     ├── UpstreamUnavailable         502: the upstream refused or reset the connection
     ├── UpstreamTimeout             504: the upstream did not answer in time
     ├── StoreUnavailable            503: the store could not decide within its budget
@@ -93,6 +94,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
     outcome = "payload_too_large"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "REQUEST_HEADERS_TOO_LARGE"
+    outcome = "bad_request"
 
 
 class UpstreamUnavailable(GatewayError):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDictProxy
 
 from gateway.errors import (
     NotFound,
@@ -19,7 +20,7 @@ from gateway.metering.clock import Clock
 from gateway.metering.store import Decision, Store
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.model import Route
+from gateway.policy.model import Policy, Route
 from gateway.proxy import headers as identity_headers
 from gateway.proxy.forward import Forwarder, relay
 from gateway.proxy.path import canonical_path
@@ -89,8 +90,12 @@ class Pipeline:
                     )
 
         inject = _identity_headers(identity, route) if identity is not None else {}
-        # a gateway key is ours alone; a JWT is passed on so the upstream can verify it too
-        drop_authorization = identity is not None and identity.kind != "jwt"
+        # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
+        # verify it too, and so is whatever an unauthenticated route's callers authorise with
+        if identity is not None:
+            drop_authorization = identity.kind != "jwt"
+        else:
+            drop_authorization = _carries_gateway_key(policy, request.headers)
         answered = False
         try:
             async with self._forwarder.open(
@@ -143,6 +148,13 @@ class Pipeline:
             )
         if giveback:
             await self._store.release(identity.account_id, giveback)
+
+
+def _carries_gateway_key(policy: Policy, headers: CIMultiDictProxy[str]) -> bool:
+    authorization = headers.get(hdrs.AUTHORIZATION)
+    if authorization is None:
+        return False
+    return policy.key_type(authorization.strip().partition(" ")[2].strip()) is not None
 
 
 def _identity_headers(identity: Identity, route: Route) -> dict[str, str]:

@@ -11,8 +11,11 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_options
+from gateway.boundary import error_response
+from gateway.errors import BadRequest, GatewayError, HeadersTooLarge
 from gateway.settings import Address, Settings
 
 log = logging.getLogger("gateway")
@@ -20,6 +23,57 @@ log = logging.getLogger("gateway")
 
 class ServeError(Exception):
     """The gateway cannot start as configured; the message says what to change."""
+
+
+class _JsonErrorHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering requests its parser refused in our JSON shape.
+
+    A header over the size limit, too many headers or a malformed request line never reaches
+    the app (and so the error boundary); aiohttp would answer a plain-text 400 that echoes the
+    client's bytes and log a traceback for each. Bad input is the client's fault: one log line.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent on this connection")
+        error = _parse_error(exc)
+        log.info("refused a malformed request from %s: %s", request.remote, error.message)
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+def _parse_error(exc: HttpProcessingError) -> GatewayError:
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else "the limit of"
+        return HeadersTooLarge(f"the request line or a header field is longer than {limit} bytes")
+    if exc.message.startswith("Too many headers"):
+        return HeadersTooLarge("the request has more header fields than the gateway accepts")
+    return BadRequest(f"malformed HTTP request: {exc.message[:200]}")
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose connections answer unparseable requests with the gateway's JSON."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp offers no option for the connection handler's class, so the server it built
+        # for the app is given the subclass above, which only changes how it makes handlers
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 def check_workers(settings: Settings) -> None:
@@ -43,7 +97,7 @@ async def run_worker(
     gateway = build_gateway(settings)
     options = server_options(settings)
     grace = settings.shutdown_grace_seconds
-    runners: list[web.AppRunner] = []
+    runners: list[GatewayRunner] = []
     apps: list[tuple[web.Application, Address, bool]] = [
         (proxy_app(gateway), settings.listen, reuse_port)
     ]
@@ -57,7 +111,7 @@ async def run_worker(
         loop.add_signal_handler(signum, stop.set)
     try:
         for app, address, reuse in apps:
-            runner = web.AppRunner(app, shutdown_timeout=grace, **options)
+            runner = GatewayRunner(app, shutdown_timeout=grace, **options)
             await runner.setup()
             runners.append(runner)
             site = web.TCPSite(
@@ -65,7 +119,6 @@ async def run_worker(
                 address.host,
                 address.port,
                 reuse_port=reuse or None,
-                shutdown_timeout=grace,
                 backlog=1024,
             )
             await site.start()

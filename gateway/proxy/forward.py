@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -22,6 +22,28 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Upstream:
     prefix: str
     url: URL
+    # computed once: the prefix test and the URL head every forwarded path is appended to
+    _under: str = field(init=False, repr=False, compare=False)
+    _base: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_under", self.prefix.rstrip("/") + "/")
+        # scheme, credentials, host and port as configured, without the trailing slash
+        authority = str(self.url.with_path("/"))[:-1]
+        object.__setattr__(self, "_base", authority + self.url.raw_path.rstrip("/"))
+
+    def serves(self, path: str) -> bool:
+        return self._under == "/" or path == self.prefix or path.startswith(self._under)
+
+    def url_for(self, encoded_path: str, raw_query: str) -> URL:
+        """The upstream URL for a canonical, already encoded path and the client's raw query.
+
+        Built from strings with ``encoded=True`` so neither the path nor the query is decoded
+        and re-encoded on the way: the upstream gets exactly the bytes that were matched."""
+        target = self._base + encoded_path
+        if raw_query:
+            target += "?" + raw_query
+        return URL(target, encoded=True)
 
 
 class Upstreams:
@@ -32,8 +54,7 @@ class Upstreams:
 
     def pick(self, path: str) -> Upstream | None:
         for upstream in self._by_length:
-            prefix = upstream.prefix
-            if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            if upstream.serves(path):
                 return upstream
         return None
 
@@ -76,7 +97,12 @@ class Forwarder:
         inject: Mapping[str, str],
         drop_authorization: bool,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send the request upstream and yield the response once its headers have arrived."""
+        """Send the request upstream and yield the response once its headers have arrived.
+
+        ``path`` is the canonical encoded path, the one the route was matched on. Only the
+        sending is translated into gateway errors: whatever the caller does with the yielded
+        response (relaying it to a client that may vanish) keeps its own exceptions.
+        """
         upstream = self._upstreams.pick(path)
         if upstream is None:
             raise UpstreamUnavailable("no upstream is configured for this path")
@@ -92,12 +118,11 @@ class Forwarder:
             data = self._limited(request)
             if declared is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(declared)
-        assert self._session is not None, "Forwarder used before the app started"
-        url = upstream.url.with_path(upstream.url.path.rstrip("/") + path, encoded=True)
-        if request.query_string:
-            url = url.with_query(request.query_string)
+        if self._session is None:
+            raise RuntimeError("Forwarder used before the app started")
+        url = upstream.url_for(path, request.raw_path.partition("?")[2])
         try:
-            async with self._session.request(
+            response = await self._session.request(
                 request.method,
                 url,
                 headers=headers,
@@ -106,16 +131,21 @@ class Forwarder:
                 timeout=self._timeout,
                 compress=False,
                 chunked=None,
-            ) as response:
-                yield response
+            )
         except _BodyLimit as exc:
             raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, _BodyLimit) or isinstance(exc.__context__, _BodyLimit):
+            # aiohttp wraps what the upload stream raised; the limit is the client's fault
+            if isinstance(exc.__cause__, _BodyLimit):
                 raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
             raise UpstreamUnavailable("the upstream refused or dropped the connection") from exc
+        try:
+            yield response
+        finally:
+            # back to the pool when the body was read to the end, closed otherwise
+            response.release()
 
     async def _limited(self, request: web.Request) -> AsyncIterator[bytes]:
         seen = 0
@@ -127,26 +157,54 @@ class Forwarder:
             yield chunk
 
     def _forwarding_headers(self, request: web.Request, headers: CIMultiDict[str]) -> None:
+        # A client's own X-Forwarded-* were stripped with the other spoofable headers; only a
+        # trusted proxy in front of us may extend the chain it started.
         peer = request.remote or ""
-        trusted = self._is_trusted(peer)
-        incoming = request.headers
-        chain = incoming.get("X-Forwarded-For") if trusted else None
-        headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
-        headers["X-Forwarded-Proto"] = (
-            incoming.get("X-Forwarded-Proto", request.scheme) if trusted else request.scheme
-        )
-        headers["X-Forwarded-Host"] = (
-            incoming.get("X-Forwarded-Host", request.host) if trusted else request.host
-        )
+        scheme = request.scheme
+        host = request.headers.get(hdrs.HOST, "")
+        if self._trusted and self._is_trusted(peer):
+            incoming = request.headers
+            chain = ", ".join(incoming.getall(hdrs.X_FORWARDED_FOR, ()))
+            if chain:
+                peer = f"{chain}, {peer}"
+            scheme = incoming.get(hdrs.X_FORWARDED_PROTO, scheme)
+            host = incoming.get(hdrs.X_FORWARDED_HOST, host)
+        headers[hdrs.X_FORWARDED_FOR] = peer
+        headers[hdrs.X_FORWARDED_PROTO] = scheme
+        if host:
+            headers[hdrs.X_FORWARDED_HOST] = host
 
     def _is_trusted(self, peer: str) -> bool:
-        if not self._trusted or not peer:
-            return False
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:
             return False
         return any(address in network for network in self._trusted)
+
+
+class StreamCut(Exception):
+    """The body stream broke after the headers were sent: nothing more can be said to the client.
+
+    Carries the response so the error boundary can finish the exchange quietly.
+    """
+
+    outcome = "stream_cut"
+
+    def __init__(self, message: str, response: web.StreamResponse) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+class UpstreamBroken(StreamCut):
+    """The upstream failed mid-body; the client connection was cut so it sees a short body."""
+
+    outcome = "upstream_broken"
+
+
+class ClientGone(StreamCut):
+    """The client disconnected mid-body; the upstream connection is closed, not reused."""
+
+    outcome = "client_disconnected"
 
 
 async def relay(
@@ -158,18 +216,29 @@ async def relay(
     headers = downstream_response_headers(upstream.headers)
     headers.update(extra_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
+        await response.prepare(request)
+    except ConnectionError as exc:
+        raise ClientGone("the client went away before the response", response) from exc
+    # Read and write are told apart: a failed read is the upstream's fault, a failed write
+    # the client's, and each is finished differently.
+    content = upstream.content
+    while True:
+        try:
+            chunk = await content.readany()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are gone already: the only honest signal left is to cut the connection.
+            if request.transport is not None:
+                request.transport.close()
+            raise UpstreamBroken(f"the upstream failed mid-body: {exc!r}", response) from exc
+        if not chunk:
+            break
+        try:
             await response.write(chunk)
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        # Headers are gone already: the only honest signal left is to cut the connection.
-        if request.transport is not None:
-            request.transport.close()
-        raise UpstreamBroken(str(exc)) from exc
-    await response.write_eof()
+        except ConnectionError as exc:
+            raise ClientGone("the client went away mid-body", response) from exc
+    try:
+        await response.write_eof()
+    except ConnectionError as exc:
+        raise ClientGone("the client went away at the end of the body", response) from exc
     return response
-
-
-class UpstreamBroken(Exception):
-    """The upstream failed after its headers were relayed; the client connection was cut."""

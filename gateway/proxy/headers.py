@@ -8,7 +8,7 @@ from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 # RFC 9110 section 7.6.1 plus the legacy names proxies still see. One name per line so a
-# missing comma cannot silently join two names (tests/test_headers.py checks the set).
+# missing comma cannot silently join two names (tests/test_proxy_headers.py checks the set).
 HOP_BY_HOP = frozenset(
     name.lower()
     for name in (

@@ -8,7 +8,9 @@ from gateway.errors import BadRequest
 
 # decoded characters that must never appear in a segment: they would change its meaning
 _FORBIDDEN = ("/", "\\", "\x00")
-_SAFE = "!$&'()*+,;=:@-._~"
+# left unescaped when forwarding; not ';', which servlet containers read as the start of a
+# path parameter (``/payments;x/y`` is their ``/payments/y``), so a decoded one goes up escaped
+_SAFE = "!$&'()*+,=:@-._~"
 
 
 def canonical_path(raw_path: str) -> tuple[str, str]:
@@ -16,12 +18,20 @@ def canonical_path(raw_path: str) -> tuple[str, str]:
 
     Percent-escapes are decoded once; ``.`` and ``..`` segments are resolved; empty
     segments (``//``) collapse. An encoded slash or backslash, a NUL, a control character,
-    invalid UTF-8 or a ``..`` above the root is a 400: there is no one right reading of it.
+    a fragment, a path parameter (``;``), invalid UTF-8 or a ``..`` above the root is a 400:
+    there is no one right reading of it.
     """
     if not raw_path.startswith("/"):
         raise BadRequest("the request target must be an absolute path")
     if _already_canonical(raw_path):
         return raw_path, raw_path
+    if "#" in raw_path:
+        # a request target has no fragment; a server that cuts it off would see another path
+        raise BadRequest("the request target must not contain a fragment ('#')")
+    if ";" in raw_path:
+        # a path parameter: routes match ``payments;x`` as its own segment while servlet
+        # containers strip the parameter and serve ``payments``, so a rule could be bypassed
+        raise BadRequest("path parameters (';') are not accepted")
     segments: list[str] = []
     for raw in raw_path.split("/"):
         try:
@@ -31,7 +41,9 @@ def canonical_path(raw_path: str) -> tuple[str, str]:
         if any(ch in segment for ch in _FORBIDDEN) or any(
             ord(ch) < 0x20 or ord(ch) == 0x7F for ch in segment
         ):
-            raise BadRequest("the path contains an encoded separator or a control character")
+            raise BadRequest(
+                "the path contains a backslash, an encoded slash or a control character"
+            )
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -55,4 +67,6 @@ def _already_canonical(raw_path: str) -> bool:
         and "/." not in raw_path
         and "//" not in raw_path
         and "\\" not in raw_path
+        and "#" not in raw_path
+        and ";" not in raw_path
     )

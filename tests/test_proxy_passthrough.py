@@ -1,0 +1,133 @@
+"""The client gets the upstream's status and bytes: no redirects followed, nothing decoded."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from tests.conftest import GatewayFactory, Harness
+
+GZIPPED = gzip.compress(b"quota gateway " * 4096, mtime=0)
+
+
+class Recorder:
+    """An upstream with one behaviour per path, recording raw targets as they arrived."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self.headers: list[CIMultiDict[str]] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.targets.append(request.raw_path)
+        self.headers.append(CIMultiDict(request.headers))
+        path = request.raw_path.partition("?")[0]
+        if path == "/api/redirect":
+            return web.Response(status=302, headers={"Location": "/api/elsewhere?from=redirect"})
+        if path == "/api/gzip":
+            return web.Response(
+                body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+            )
+        if path == "/api/cookies":
+            return web.Response(
+                text="ok",
+                headers=CIMultiDict(
+                    [("Set-Cookie", "a=1; Path=/; HttpOnly"), ("Set-Cookie", "b=2; Path=/api")]
+                ),
+            )
+        if path == "/api/empty":
+            return web.Response(status=204)
+        if path == "/api/cached":
+            return web.Response(status=304, headers={"ETag": '"v1"'})
+        return web.Response(body=b"x" * 1234, headers={"ETag": '"v1"'})
+
+
+@pytest.fixture
+async def recorded(make_gateway: GatewayFactory, aiohttp_server: Any) -> tuple[Harness, Recorder]:
+    recorder = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    server = await aiohttp_server(app)
+    return await make_gateway(upstreams=(("/", server.make_url("")),)), recorder
+
+
+async def test_redirects_reach_the_client_unfollowed(
+    recorded: tuple[Harness, Recorder],
+) -> None:
+    gw, upstream = recorded
+    resp = await gw.client.get(
+        "/api/redirect", headers=await gw.caller("anonymous"), allow_redirects=False
+    )
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/api/elsewhere?from=redirect"
+    # the gateway did not follow it on the client's behalf
+    assert upstream.targets == ["/api/redirect"]
+
+
+async def test_compressed_bytes_pass_untouched(recorded: tuple[Harness, Recorder]) -> None:
+    gw, upstream = recorded
+    url = gw.client.make_url("/api/gzip")
+    headers = {**(await gw.caller("anonymous")), "Accept-Encoding": "gzip"}
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(url, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert int(resp.headers["Content-Length"]) == len(GZIPPED)
+        assert await resp.read() == GZIPPED
+    # the client's Accept-Encoding went up as sent; the gateway added none of its own
+    assert upstream.headers[-1]["Accept-Encoding"] == "gzip"
+
+
+async def test_every_set_cookie_header_is_kept(recorded: tuple[Harness, Recorder]) -> None:
+    gw, _ = recorded
+    resp = await gw.client.get("/api/cookies", headers=await gw.caller("anonymous"))
+    assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/; HttpOnly", "b=2; Path=/api"]
+
+
+async def test_query_strings_are_forwarded_byte_for_byte(
+    recorded: tuple[Harness, Recorder],
+) -> None:
+    gw, upstream = recorded
+    query = "b=2&a=1&a=%2B&plus=+&sp=%20x&slash=/&q=?&semi=a;b&pct=%25&empty=&flag&u=%C3%A9"
+    url = URL(str(gw.client.make_url("/api/search")) + "?" + query, encoded=True)
+    resp = await gw.client.session.get(url, headers=await gw.caller("anonymous"))
+    assert resp.status == 200
+    assert upstream.targets[-1] == "/api/search?" + query
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "length"),
+    [
+        ("HEAD", "/api/things", 200, "1234"),
+        ("GET", "/api/empty", 204, None),
+        ("GET", "/api/cached", 304, None),
+    ],
+)
+async def test_bodiless_answers_pass_through_and_keep_the_connection_usable(
+    recorded: tuple[Harness, Recorder],
+    method: str,
+    path: str,
+    status: int,
+    length: str | None,
+) -> None:
+    gw, _ = recorded
+    headers = await gw.caller("anonymous")
+    connector = aiohttp.TCPConnector(limit=1)  # one connection, so the follow-up reuses it
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.request(method, gw.client.make_url(path), headers=headers) as resp:
+            assert resp.status == status
+            assert resp.headers.get("Content-Length") == length
+            if status != 204:
+                assert resp.headers["ETag"] == '"v1"'
+            assert await resp.read() == b""
+        # a stray body byte would corrupt the next response on the same connection
+        async with session.get(gw.client.make_url("/api/things"), headers=headers) as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"x" * 1234
