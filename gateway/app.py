@@ -19,6 +19,7 @@ from gateway.identity.resolve import Authenticator
 from gateway.identity.tokens import JwtVerifier, load_public_keys
 from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.memory import MemoryStore
+from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -44,11 +45,12 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-def open_store(url: str, clock: Clock) -> Store:
-    """The store a ``--store`` URL names."""
+def open_store(url: str, clock: Clock, *, timeout_ms: int = 250) -> Store:
+    """The store a ``--store`` URL names: ``memory`` or a Redis URL (see redis_store)."""
     if url == "memory":
         return MemoryStore(clock)
-    raise ValueError(f"unsupported store {url!r}: expected 'memory'")
+    # Redis computes windows from its own clock, so gateways with skewed clocks agree
+    return RedisStore(url, timeout_ms=timeout_ms)
 
 
 def build_verifier(settings: Settings, tenant_claim: str) -> JwtVerifier:
