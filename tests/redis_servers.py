@@ -6,13 +6,14 @@ temporary directory and never touch the machine's own Redis on 6379.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,13 +113,35 @@ class RedisServer:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
 
-    def command_calls(self) -> dict[str, int]:
-        """Calls per command since the last ``reset_stats`` (INFO commandstats)."""
-        stats = self.client().info("commandstats")
-        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    @contextlib.contextmanager
+    def monitor(self) -> Iterator[list[str]]:
+        """Commands clients send while the block runs (MONITOR; scripts' own calls excluded).
 
-    def reset_stats(self) -> None:
-        self.client().config_resetstat()
+        The list fills when the block exits: a marker command is sent and read back so that
+        every command before it has been seen.
+        """
+        log = self.directory / f"monitor-{free_port()}.log"
+        seen: list[str] = []
+        signaller = self.client()
+        signaller.ping()  # connected before MONITOR starts, so its handshake is not seen
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [REDIS_CLI, "-p", str(self.port), "monitor"], stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            _wait_for(lambda: log.read_bytes().startswith(b"OK"), "MONITOR to start")
+            yield seen
+            marker = f"end-of-monitor-{free_port()}"
+            signaller.echo(marker)
+            _wait_for(lambda: marker.encode() in log.read_bytes(), "MONITOR to catch up")
+        finally:
+            process.kill()
+            process.wait(timeout=10)
+        for line in log.read_text().splitlines()[1:]:
+            # 1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" ...  ; script calls say [0 lua]
+            source, _, command = line.partition("] ")
+            if " lua" not in source and marker not in command:
+                seen.append(command.split(" ")[0].strip('"').upper())
 
 
 @dataclass
@@ -181,6 +204,14 @@ def start_cluster(directory: Path) -> RedisCluster:
         cluster.kill()
         raise
     return cluster
+
+
+def _wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 def _cluster_ok(node: RedisServer) -> bool:
