@@ -47,6 +47,7 @@ from gateway.metering.windows import window_ttl
 T = TypeVar("T")
 
 _SCRIPTS = ("consume", "peek", "set_usage", "release")
+_POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
 
 
 def _script_source(name: str) -> str:
@@ -80,7 +81,12 @@ def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any]:
     }
     scheme = url.partition("://")[0]
     if scheme in ("redis", "rediss", "unix"):
-        single: Any = aioredis.from_url(url, **common)
+        # a bounded pool that waits for a free connection, rather than failing a burst of
+        # concurrent requests with "Too many connections" as the default pool does
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=_POOL_SIZE, timeout=seconds, **common
+        )
+        single: Any = aioredis.Redis.from_pool(pool)
         return single, single
     if scheme == "redis+sentinel":
         rest = url.partition("://")[2]
@@ -101,7 +107,7 @@ def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any]:
         return primary, primary
     if scheme == "redis+cluster":
         nodes = [ClusterNode(host, port) for host, port in _addresses(url.partition("://")[2])]
-        cluster: Any = RedisCluster(startup_nodes=nodes, **common)
+        cluster: Any = RedisCluster(startup_nodes=nodes, max_connections=_POOL_SIZE, **common)
         host, port = _addresses(url.partition("://")[2])[0]
         # classic PUBLISH reaches every node of a cluster, so any one node can be listened to
         listener = aioredis.Redis(host=host, port=port, **common)
@@ -125,13 +131,17 @@ class RedisStore:
         # each start that discovery and close one another's connections, so it runs once
         self._discovered = not isinstance(self._client, RedisCluster)
         self._discovery = asyncio.Lock()
+        # Commands in flight are capped at the pool size so a burst waits for a connection
+        # (within its budget) instead of failing with "too many connections", which the
+        # Cluster client does rather than wait
+        self._slots = asyncio.Semaphore(_POOL_SIZE)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         """One command under the budget, with Redis's failures translated where they enter."""
         try:
-            async with asyncio.timeout(self._budget):
+            async with asyncio.timeout(self._budget), self._slots:
                 if not self._discovered:
                     async with self._discovery:
                         if not self._discovered:
@@ -143,7 +153,7 @@ class RedisStore:
                 f"the store did not answer within {self._budget * 1000:.0f} ms"
             ) from exc
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"the store failed: {exc}") from exc
+            raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
 
     async def _load(self, name: str) -> str:
         sha: str = await self._client.script_load(self._sources[name])
