@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +16,14 @@ from prometheus_client import CollectorRegistry
 from gateway.api.admin import AdminApi, admin_guard
 from gateway.api.ops import OpsApi
 from gateway.boundary import error_boundary
+from gateway.identity.cache import IdentityCache, follow
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
 from gateway.identity.tokens import JwtVerifier, load_public_keys
 from gateway.metering.clock import Clock, SystemClock
+from gateway.metering.guard import GuardedStore
 from gateway.metering.memory import MemoryStore
+from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -44,11 +49,12 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-def open_store(url: str, clock: Clock) -> Store:
-    """The store a ``--store`` URL names."""
+def open_store(url: str, clock: Clock, *, timeout_ms: int = 250) -> Store:
+    """The store a ``--store`` URL names: ``memory`` or a Redis URL (see redis_store)."""
     if url == "memory":
         return MemoryStore(clock)
-    raise ValueError(f"unsupported store {url!r}: expected 'memory'")
+    # Redis computes windows from its own clock, so gateways with skewed clocks agree
+    return RedisStore(url, timeout_ms=timeout_ms)
 
 
 def build_verifier(settings: Settings, tenant_claim: str) -> JwtVerifier:
@@ -73,10 +79,20 @@ def build_gateway(
 ) -> Gateway:
     clock = clock or SystemClock()
     policy = load_policy(Path(settings.policy))
-    store = store or open_store(settings.store, clock)
     metrics = Metrics(registry or CollectorRegistry())
     metrics.policy_info.labels(policy.name, policy.digest).set(1)
-    accounts = Registry(store, clock)
+    metrics.store_degraded.set(0)
+    store = GuardedStore(
+        store or open_store(settings.store, clock, timeout_ms=settings.store_timeout_ms),
+        mode=settings.store_failure_mode,
+        allowance=settings.store_fail_open_allowance,
+        clock=clock,
+        metrics=metrics,
+    )
+    cache = IdentityCache(
+        max_entries=settings.identity_cache_entries, ttl=settings.identity_cache_ttl_seconds
+    )
+    accounts = Registry(store, clock, cache)
     return Gateway(
         settings=settings,
         clock=clock,
@@ -123,7 +139,12 @@ def proxy_app(gateway: Gateway) -> web.Application:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         forwarder.attach(session)
+        # other processes' registry writes reach this process's identity cache through here
+        invalidations = asyncio.create_task(follow(gateway.store, gateway.registry.cache))
         yield
+        invalidations.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await invalidations
         await session.close()
         await gateway.store.close()
 

@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
         "--policy", metavar="FILE", help="policy YAML (default policies/agentstack.yaml)"
     )
     run.add_argument("--store", metavar="URL", help="'memory' (default) or a Redis URL")
+    run.add_argument(
+        "--store-timeout-ms", metavar="MS", type=int, help="budget of each store command (250)"
+    )
+    run.add_argument(
+        "--store-failure-mode",
+        choices=("closed", "open"),
+        help="when the store is down: refuse with 503 (closed, default) or admit on a "
+        "bounded local allowance written back later (open)",
+    )
     run.add_argument("--workers", metavar="N", type=int, help="worker processes sharing the port")
     run.add_argument(
         "--demo",
@@ -95,6 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
         upstream=upstream,
         policy=args.policy,
         store=args.store,
+        store_timeout_ms=args.store_timeout_ms,
+        store_failure_mode=args.store_failure_mode,
         workers=args.workers,
     )
     load_policy(settings.policy)  # fail fast, with file:line, before binding anything

@@ -59,6 +59,17 @@ class Metrics:
             buckets=_LATENCY,
             registry=registry,
         )
+        self.store_degraded = Gauge(
+            "gateway_store_degraded",
+            "1 while the store is unreachable and the failure mode decides, else 0.",
+            registry=registry,
+        )
+        self.store_degraded_decisions = Counter(
+            "gateway_store_degraded_decisions_total",
+            "Decisions taken without the store: admitted_open, refused_open, refused_closed.",
+            ["outcome"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "gateway_in_flight_requests",
             "Requests being handled right now.",

@@ -17,6 +17,7 @@ from gateway.errors import (
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
+from gateway.metering.guard import DEGRADED_HEADER
 from gateway.metering.store import Decision, Store
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -80,7 +81,7 @@ class Pipeline:
                 if not decision.admitted:
                     index = decision.refused
                     assert index is not None
-                    raise decide.quota_refusal(
+                    refusal = decide.quota_refusal(
                         policy,
                         tier,
                         route,
@@ -88,6 +89,9 @@ class Pipeline:
                         decision.states[index],
                         self._clock.now(),
                     )
+                    if decision.degraded:
+                        refusal.headers[DEGRADED_HEADER] = "fail-open"
+                    raise refusal
 
         inject = _identity_headers(identity, route) if identity is not None else {}
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
@@ -106,6 +110,9 @@ class Pipeline:
                 await self._settle(identity, route, params, decision, answered=True, ok=ok)
                 state = decide.tightest(decision.states) if decision is not None else None
                 extra = decide.rate_limit_headers(state, self._clock.now())
+                if decision is not None and decision.degraded:
+                    # admitted on the local allowance: the shared count is not known here
+                    extra = {DEGRADED_HEADER: "fail-open"}
                 return await relay(request, upstream, extra)
         except (UpstreamUnavailable, UpstreamTimeout, PayloadTooLarge):
             if not answered:

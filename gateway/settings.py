@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from yarl import URL
 
@@ -76,13 +76,20 @@ def parse_upstream(text: str) -> URL:
 
 
 def parse_store(text: str) -> str:
-    """``memory`` or a Redis URL (``redis://``, ``rediss://`` and the Sentinel/Cluster forms)."""
+    """``memory`` or a Redis URL: ``redis://``, ``rediss://``, ``unix://``, Sentinel, Cluster."""
     if text == "memory":
         return text
     scheme, sep, rest = text.partition("://")
-    if not sep or not scheme.startswith("redis") or not rest:
-        raise ValueError(f"expected 'memory' or a redis:// URL, got {text.split('@')[-1]!r}")
+    if not sep or scheme not in _STORE_SCHEMES or not rest:
+        # the host part only: a URL may carry a password
+        raise ValueError(
+            f"expected 'memory' or a redis:// URL (schemes: {', '.join(_STORE_SCHEMES)}), "
+            f"got {text.split('@')[-1]!r}"
+        )
     return text
+
+
+_STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,14 @@ class Settings:
     admin_listen: Address = Address("127.0.0.1", 9090)
     policy: str = "policies/agentstack.yaml"
     store: str = "memory"
+    # every store command must answer within this budget, or the failure mode applies
+    store_timeout_ms: int = 250
+    # closed: refuse with 503 while the store is unreachable; open: admit on a local allowance
+    store_failure_mode: Literal["closed", "open"] = "closed"
+    # fail open: units each meter of an account may take per outage, counted and written back
+    store_fail_open_allowance: int = 100
+    identity_cache_ttl_seconds: float = 5.0
+    identity_cache_entries: int = 10_000
     workers: int = 1
     upstreams: tuple[tuple[str, URL], ...] = (("/", URL("http://127.0.0.1:8000")),)
     connect_timeout_seconds: float = 5.0
@@ -137,6 +152,11 @@ KEYS: dict[str, frozenset[str]] = {
             "admin_listen",
             "policy",
             "store",
+            "store_timeout_ms",
+            "store_failure_mode",
+            "store_fail_open_allowance",
+            "identity_cache_ttl_seconds",
+            "identity_cache_entries",
             "workers",
             "upstreams",
             "upstream_max_connections",
@@ -185,6 +205,8 @@ def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
             value = parse_store(value)
         elif name == "workers" and value < 1:
             raise ValueError("--workers must be at least 1")
+        elif name == "store_timeout_ms" and value < 1:
+            raise ValueError("--store-timeout-ms must be at least 1")
         overrides[name] = value
     return dataclasses.replace(settings, **overrides)
 
@@ -201,6 +223,16 @@ def _from_file(path: str) -> Settings:
         values["policy"] = str(_relative(base, child.str()))
     if (child := node.get("store")) is not None:
         values["store"] = _convert(child, parse_store)
+    if (child := node.get("store_timeout_ms")) is not None:
+        values["store_timeout_ms"] = child.int(minimum=1, maximum=60_000)
+    if (child := node.get("store_failure_mode")) is not None:
+        values["store_failure_mode"] = child.str(choices=("closed", "open"))
+    if (child := node.get("store_fail_open_allowance")) is not None:
+        values["store_fail_open_allowance"] = child.int(minimum=0)
+    if (child := node.get("identity_cache_ttl_seconds")) is not None:
+        values["identity_cache_ttl_seconds"] = child.number(minimum=0)
+    if (child := node.get("identity_cache_entries")) is not None:
+        values["identity_cache_entries"] = child.int(minimum=0)
     if (child := node.get("workers")) is not None:
         values["workers"] = child.int(minimum=1, maximum=256)
     if (child := node.get("upstream_max_connections")) is not None:

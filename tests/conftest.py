@@ -24,6 +24,9 @@ from gateway.metering.memory import MemoryStore
 from gateway.metering.store import Store
 from gateway.settings import Settings
 
+# real redis-server and Redis Cluster fixtures (free ports, temporary directories)
+pytest_plugins = ["tests.redis_servers"]
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
 ADMIN_TOKEN = "test-admin-token-0123456789"

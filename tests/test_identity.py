@@ -40,7 +40,8 @@ def store_factory() -> Callable[[FakeClock], Awaitable[Store]]:
 
 
 def counting(gw: Harness) -> CountingStore:
-    store = gw.gateway.store
+    # the gateway wraps every store in its failure guard; the counting store is inside
+    store = getattr(gw.gateway.store, "inner", gw.gateway.store)
     assert isinstance(store, CountingStore)
     return store
 

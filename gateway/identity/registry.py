@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import Conflict, NotFound
+from gateway.identity.cache import MISSING, IdentityCache
 from gateway.identity.keys import digest, new_key
 from gateway.metering.clock import Clock
+from gateway.metering.keys import INVALIDATION_CHANNEL
 from gateway.metering.store import Store
 from gateway.policy.model import KeyType
 
@@ -73,9 +75,17 @@ def _load(cls: type[Any], doc: dict[str, Any] | None) -> Any:
 class Registry:
     """The system of record for who a caller is. Every store holds it the same way."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, cache: IdentityCache | None = None) -> None:
         self._store = store
         self._clock = clock
+        # reads on the request path are served from here; see cache.py for the staleness bound
+        self.cache = cache or IdentityCache(ttl=0)
+
+    async def _changed(self, kind: str, ident: str) -> None:
+        """Drop a changed key or account here and, via pub/sub, in every other process."""
+        message = f"{kind}:{ident}"
+        self.cache.invalidate(message)
+        await self._store.publish(INVALIDATION_CHANNEL, message)
 
     async def create_account(
         self,
@@ -102,10 +112,16 @@ class Registry:
         doc = dataclasses.asdict(account)
         if not await self._store.put_record("account", account_id, doc, only_if_absent=True):
             raise Conflict(f"account {account_id!r} already exists")
+        # a process may have cached this id as absent (a JWT tenant seen before signing up)
+        await self._changed("account", account_id)
         return account
 
     async def account(self, account_id: str) -> Account | None:
+        cached = self.cache.accounts.get(account_id)
+        if cached is not MISSING:
+            return cached if isinstance(cached, Account) else None
         found: Account | None = _load(Account, await self._store.get_record("account", account_id))
+        self.cache.accounts.put(account_id, found)
         return found
 
     async def require_account(self, account_id: str) -> Account:
@@ -118,6 +134,7 @@ class Registry:
         account = await self.require_account(account_id)
         updated = dataclasses.replace(account, **changes)
         await self._store.put_record("account", account_id, dataclasses.asdict(updated))
+        await self._changed("account", account_id)
         return updated
 
     async def create_project(self, account_id: str, name: str) -> Project:
@@ -168,9 +185,15 @@ class Registry:
 
     async def key_for(self, plaintext: str) -> ApiKey | None:
         """The live key whose digest matches, or None (unknown or revoked)."""
-        record: ApiKey | None = _load(
-            ApiKey, await self._store.get_record("key", digest(plaintext))
-        )
+        key_digest = digest(plaintext)
+        cached = self.cache.keys.get(key_digest)
+        if isinstance(cached, ApiKey):
+            return cached
+        record: ApiKey | None = _load(ApiKey, await self._store.get_record("key", key_digest))
+        # only live keys are cached: an unknown key costs a lookup, but never fills the cache
+        # for long and a newly issued key works at once everywhere
+        if record is not None and record.revoked_at is None:
+            self.cache.keys.put(key_digest, record)
         if record is None or record.revoked_at is not None:
             return None
         return record
@@ -189,6 +212,7 @@ class Registry:
         if record.revoked_at is None:
             record = dataclasses.replace(record, revoked_at=self._clock.now())
             await self._store.put_record("key", record.digest, dataclasses.asdict(record))
+            await self._changed("key", record.digest)
         return record
 
     async def keys(self, account_id: str) -> list[ApiKey]:

@@ -12,9 +12,17 @@ def account_tag(account_id: str) -> str:
 
 
 def meter_key(account_id: str, meter: str, scope_id: str, period_id: str | None) -> str:
-    """``gw:{a:42}:m:api_calls:42:2026-11`` for a counter, no period part for a gauge."""
+    """``gw:{a:42}:m:api_calls:42:2026-11`` for a counter, no period part for a gauge.
+
+    The Lua scripts receive the key without its period and append ``":" .. period_id``
+    themselves (they compute the window from Redis server time), exactly as here.
+    """
     key = f"gw:{account_tag(account_id)}:m:{meter}:{scope_id}"
     return f"{key}:{period_id}" if period_id is not None else key
+
+
+#: the pub/sub channel on which registry writes tell every process to drop cached identities
+INVALIDATION_CHANNEL = "gw:invalidate"
 
 
 def record_key(kind: str, record_id: str) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from gateway.metering.clock import Clock
@@ -26,6 +27,7 @@ class MemoryStore:
         self._sets: dict[str, set[str]] = {}
         self._sequences: dict[str, int] = {}
         self._writes = 0
+        self._listeners: dict[str, list[asyncio.Queue[str]]] = {}
 
     # -- metering ---------------------------------------------------------------------------
 
@@ -125,6 +127,19 @@ class MemoryStore:
         key = sequence_key(kind)
         self._sequences[key] = self._sequences.get(key, 0) + 1
         return self._sequences[key]
+
+    async def publish(self, channel: str, message: str) -> None:
+        for queue in self._listeners.get(channel, []):
+            queue.put_nowait(message)
+
+    async def listen(self, channel: str) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._listeners.setdefault(channel, []).append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners[channel].remove(queue)
 
     async def ping(self) -> None:
         return None

@@ -7,7 +7,7 @@ passes the same contract tests (tests/test_store_contract.py). A store raises
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +44,7 @@ class Decision:
     admitted: bool
     states: tuple[MeterState, ...]  # one per charge, in order
     refused: int | None = None  # index of the first charge that would pass its limit
+    degraded: bool = False  # decided without the store, on the local fail-open allowance
 
 
 class Store(Protocol):
@@ -101,6 +102,18 @@ class Store(Protocol):
 
     async def next_id(self, kind: str) -> int:
         """A new integer id for ``kind``, unique across every process sharing the store."""
+        ...
+
+    async def publish(self, channel: str, message: str) -> None:
+        """Send ``message`` to every process listening on ``channel`` (best effort, no replay)."""
+        ...
+
+    def listen(self, channel: str) -> AsyncIterator[str]:
+        """Messages published on ``channel`` from now on; raises StoreUnavailable on loss.
+
+        A listener that lost its connection may have missed messages: callers treat a
+        StoreUnavailable here as "anything may have changed" and listen again.
+        """
         ...
 
     async def ping(self) -> None:

@@ -1,0 +1,115 @@
+"""Per-process caches of keys and accounts, so a warm request costs the store one round trip.
+
+Staleness bound: a registry write that changes a key or an account (revoke a key, change a
+tier, create an account) drops the entry in its own process at once and publishes on
+``keys.INVALIDATION_CHANNEL``; every other process drops it as soon as the message arrives
+(normally milliseconds). If notifications are lost (the store is unreachable), entries still
+expire after ``ttl`` seconds, and a listener that reconnects clears its whole cache because it
+may have missed messages. So a revoked key or a changed tier is honoured by every process
+within ``ttl`` seconds at worst (``identity_cache_ttl_seconds``, default 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from gateway.errors import StoreUnavailable
+from gateway.metering.keys import INVALIDATION_CHANNEL
+from gateway.metering.store import Store
+
+log = logging.getLogger("gateway")
+
+V = TypeVar("V")
+_MISSING = object()
+
+
+class TtlCache(Generic[V]):
+    """A bounded LRU map whose entries also expire ``ttl`` seconds after they were stored."""
+
+    def __init__(
+        self, *, max_entries: int, ttl: float, now: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._max = max_entries
+        self._ttl = ttl
+        self._now = now
+
+    def get(self, key: str) -> V | object:
+        """The cached value, or ``MISSING`` (a cached value may itself be None)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return _MISSING
+        if entry[0] <= self._now():
+            del self._entries[key]
+            return _MISSING
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: str, value: V) -> None:
+        if self._max <= 0 or self._ttl <= 0:
+            return
+        self._entries[key] = (self._now() + self._ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+MISSING = _MISSING
+
+
+class IdentityCache:
+    """Keys by digest, accounts by id; messages ``key:<digest>``, ``account:<id>`` drop one."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        ttl: float = 5.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.keys: TtlCache[object] = TtlCache(max_entries=max_entries, ttl=ttl, now=now)
+        self.accounts: TtlCache[object] = TtlCache(max_entries=max_entries, ttl=ttl, now=now)
+
+    def invalidate(self, message: str) -> None:
+        kind, _, ident = message.partition(":")
+        if kind == "key":
+            self.keys.discard(ident)
+        elif kind == "account":
+            self.accounts.discard(ident)
+        else:
+            self.clear()
+
+    def clear(self) -> None:
+        self.keys.clear()
+        self.accounts.clear()
+
+
+async def follow(store: Store, cache: IdentityCache, *, max_backoff: float = 5.0) -> None:
+    """Apply invalidations published by every process, until cancelled; never raises."""
+    backoff = 0.1
+    while True:
+        try:
+            async for message in store.listen(INVALIDATION_CHANNEL):
+                backoff = 0.1
+                cache.invalidate(message)
+        except StoreUnavailable as exc:
+            log.warning("identity cache notifications lost (%s); retrying", exc)
+        # whatever was published while we were not listening is unknown: start afresh
+        cache.clear()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff)

@@ -1,0 +1,243 @@
+"""What the gateway does when its store is down, slow or out of memory: a choice, not an accident.
+
+``GuardedStore`` wraps any Store. The first failure (a command over its budget, a refused
+connection, an OOM answer) marks the store degraded; from then on no request touches it,
+and one background probe pings it with exponential backoff until it answers. While degraded:
+
+- ``closed`` (the default): every metered request is refused with 503 ``STORE_UNAVAILABLE``
+  and a ``Retry-After`` of the next probe, so no call is admitted uncounted;
+- ``open``: requests are admitted on a local allowance, at most ``allowance`` units per meter
+  of an account per outage in this process, counted here and written back to the store (as
+  unlimited charges, so they add to the shared count) before it is marked healthy again.
+
+Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
+``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
+``gateway_store_degraded`` gauge shows the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+from gateway.errors import StoreUnavailable
+from gateway.metering.clock import Clock
+from gateway.metering.keys import meter_key
+from gateway.metering.store import Charge, Decision, MeterState, Store
+from gateway.metering.windows import window
+from gateway.metrics import Metrics
+from gateway.policy.model import Period
+
+log = logging.getLogger("gateway")
+
+T = TypeVar("T")
+FailureMode = Literal["closed", "open"]
+DEGRADED_HEADER = "X-Gateway-Degraded"
+# releases kept for write-back during one outage; past this, refunds are dropped (logged)
+_MAX_PENDING_RELEASES = 100_000
+
+_LedgerKey = tuple[str, str, str, Period | None]  # account, meter, scope, period
+
+
+class GuardedStore:
+    """A Store with a failure mode, a backoff probe and a fail-open write-back ledger."""
+
+    def __init__(
+        self,
+        inner: Store,
+        *,
+        mode: FailureMode,
+        allowance: int,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        min_backoff: float = 0.1,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.inner = inner
+        self._mode = mode
+        self._allowance = allowance
+        self._clock = clock
+        self._metrics = metrics
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._backoff = min_backoff
+        self._reason = ""
+        self._probe: asyncio.Task[None] | None = None
+        self._ledger: dict[_LedgerKey, int] = {}
+        self._releases: list[tuple[str, str, int]] = []
+
+    @property
+    def degraded(self) -> bool:
+        return self._probe is not None
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _trip(self, exc: StoreUnavailable) -> None:
+        if self._probe is None:
+            log.warning("store unavailable (%s): failing %s until it answers", exc, self._mode)
+            self._reason = exc.message
+            self._backoff = self._min_backoff
+            self._probe = asyncio.get_running_loop().create_task(self._recover())
+            if self._metrics is not None:
+                self._metrics.store_degraded.set(1)
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, self._max_backoff)
+            try:
+                await self.inner.ping()
+                await self._write_back()
+            except StoreUnavailable as exc:
+                self._reason = exc.message
+                continue
+            log.warning("store answers again: deciding with it")
+            self._probe = None
+            if self._metrics is not None:
+                self._metrics.store_degraded.set(0)
+            return
+
+    async def _write_back(self) -> None:
+        """Add what was admitted locally to the shared counts, then apply pending refunds."""
+        by_account: dict[str, list[tuple[_LedgerKey, Charge]]] = {}
+        for entry, units in self._ledger.items():
+            account_id, meter, scope_id, period = entry
+            charge = Charge(meter, scope_id, period, units, None)
+            by_account.setdefault(account_id, []).append((entry, charge))
+        for account_id, items in by_account.items():
+            await self.inner.consume(account_id, [charge for _, charge in items])
+            for entry, _ in items:
+                del self._ledger[entry]
+        while self._releases:
+            account_id, key, cost = self._releases[-1]
+            await self.inner.release(account_id, [(key, cost)])
+            self._releases.pop()
+
+    def _refusal(self) -> StoreUnavailable:
+        retry_after = max(math.ceil(self._backoff), 1)
+        return StoreUnavailable(
+            "the quota store is unavailable; try again shortly",
+            details={"retry_after": retry_after},
+            headers={"Retry-After": str(retry_after), DEGRADED_HEADER: "store-unavailable"},
+        )
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Pass through while healthy; fail fast while degraded, without touching the store."""
+        if self.degraded:
+            raise self._refusal()
+        try:
+            return await call()
+        except StoreUnavailable as exc:
+            self._trip(exc)
+            raise self._refusal() from exc
+
+    # -- metering ---------------------------------------------------------------------------
+
+    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        if not self.degraded:
+            try:
+                return await self.inner.consume(account_id, charges)
+            except StoreUnavailable as exc:
+                self._trip(exc)
+        if self._mode == "closed":
+            self._count("refused_closed")
+            raise self._refusal()
+        return self._consume_locally(account_id, charges)
+
+    def _consume_locally(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        now = self._clock.now()
+        entries = [(account_id, c.meter, c.scope_id, c.period) for c in charges]
+        used = [self._ledger.get(entry, 0) for entry in entries]
+        refused = None
+        for index, charge in enumerate(charges):
+            cap = self._allowance if charge.limit is None else min(self._allowance, charge.limit)
+            if used[index] + charge.cost > cap:
+                refused = index
+                break
+        if refused is None:
+            for index, (entry, charge) in enumerate(zip(entries, charges, strict=True)):
+                used[index] += charge.cost
+                self._ledger[entry] = used[index]
+        self._count("admitted_open" if refused is None else "refused_open")
+        states = []
+        for charge, value in zip(charges, used, strict=True):
+            period_id, reset_at = None, None
+            if charge.period is not None:
+                period_id, reset_at = window(charge.period, now)
+            key = meter_key(account_id, charge.meter, charge.scope_id, period_id)
+            states.append(MeterState(key, value, charge.limit, reset_at))
+        return Decision(refused is None, tuple(states), refused, degraded=True)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.store_degraded_decisions.labels(outcome).inc()
+
+    async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
+        # a refund is owed whatever the store's state: keep it for write-back, never fail the
+        # response the upstream already gave
+        if not self.degraded:
+            try:
+                await self.inner.release(account_id, items)
+                return
+            except StoreUnavailable as exc:
+                self._trip(exc)
+        for key, cost in items:
+            if len(self._releases) >= _MAX_PENDING_RELEASES:
+                log.error("dropping a refund of %d on %s: too many pending refunds", cost, key)
+                continue
+            self._releases.append((account_id, key, cost))
+
+    async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
+        return await self._call(lambda: self.inner.peek(account_id, charges))
+
+    async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
+        return await self._call(lambda: self.inner.set_usage(account_id, charge, value))
+
+    # -- records ----------------------------------------------------------------------------
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        return await self._call(lambda: self.inner.get_record(kind, record_id))
+
+    async def put_record(
+        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+    ) -> bool:
+        return await self._call(
+            lambda: self.inner.put_record(kind, record_id, doc, only_if_absent=only_if_absent)
+        )
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        return await self._call(lambda: self.inner.delete_record(kind, record_id))
+
+    async def add_member(self, kind: str, owner_id: str, member: str) -> None:
+        await self._call(lambda: self.inner.add_member(kind, owner_id, member))
+
+    async def remove_member(self, kind: str, owner_id: str, member: str) -> None:
+        await self._call(lambda: self.inner.remove_member(kind, owner_id, member))
+
+    async def members(self, kind: str, owner_id: str) -> list[str]:
+        return await self._call(lambda: self.inner.members(kind, owner_id))
+
+    async def next_id(self, kind: str) -> int:
+        return await self._call(lambda: self.inner.next_id(kind))
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._call(lambda: self.inner.publish(channel, message))
+
+    def listen(self, channel: str) -> AsyncIterator[str]:
+        return self.inner.listen(channel)
+
+    async def ping(self) -> None:
+        if self.degraded:
+            raise StoreUnavailable(f"degraded: {self._reason}")
+        await self._call(self.inner.ping)
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        await self.inner.close()

@@ -1,0 +1,282 @@
+"""The Redis store: one Lua round trip per decision, shared by every worker and replica.
+
+Store URLs (``--store``)::
+
+    redis://[:password@]host:port/db          a single server (db defaults to 0)
+    rediss://[:password@]host:port/db         the same over TLS
+    unix:///path/to/redis.sock?db=0           a single server on a unix socket
+    redis+sentinel://host:port,host:port/service_name/db
+                                              the primary Sentinel names ``service_name``;
+                                              failovers are followed by redis-py
+    redis+cluster://host:port,host:port       a Redis Cluster, from any of its nodes
+
+Metering runs as Lua scripts (``gateway/metering/lua/*.lua``), loaded once with SCRIPT LOAD
+and called by EVALSHA; when Redis answers NOSCRIPT (a restart or a failover to a node that
+never saw them) they are loaded again and the call repeated. Every key comes from
+``gateway.metering.keys``; an account's meter keys share one hash tag, so a decision stays in
+one Cluster slot. Windows are computed inside the script from Redis server time, unless a
+Clock is injected (tests), in which case its ``now`` is passed along.
+
+Every command runs under a budget of ``timeout_ms``; any Redis failure (down, slow, out of
+memory, cluster down) leaves this module as ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from yarl import URL
+
+from gateway.errors import StoreUnavailable
+from gateway.metering.clock import Clock
+from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
+from gateway.metering.store import Charge, Decision, MeterState
+from gateway.metering.windows import window_ttl
+
+T = TypeVar("T")
+
+_SCRIPTS = ("consume", "peek", "set_usage", "release")
+_POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
+
+
+def _script_source(name: str) -> str:
+    lua = resources.files("gateway.metering").joinpath("lua")
+    prelude = lua.joinpath("windows.lua").read_text(encoding="utf-8")
+    body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return prelude + "\n" + body
+
+
+def _addresses(text: str) -> list[tuple[str, int]]:
+    out = []
+    for part in text.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port in a store URL, got {part!r}")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any]:
+    """The client for a store URL, and a client for pub/sub (a plain node client on Cluster)."""
+    seconds = timeout_ms / 1000
+    # retries stay inside the budget: the caller's asyncio.timeout bounds the whole command,
+    # so a retry with backoff would only ever be cut off half way
+    common: dict[str, Any] = {
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": True,
+        "health_check_interval": 0,
+    }
+    scheme = url.partition("://")[0]
+    if scheme in ("redis", "rediss", "unix"):
+        # a bounded pool that waits for a free connection, rather than failing a burst of
+        # concurrent requests with "Too many connections" as the default pool does
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=_POOL_SIZE, timeout=seconds, **common
+        )
+        single: Any = aioredis.Redis.from_pool(pool)
+        return single, single
+    if scheme == "redis+sentinel":
+        rest = url.partition("://")[2]
+        hosts, _, path = rest.partition("/")
+        service, _, db = path.partition("/")
+        if not service:
+            raise ValueError(f"a Sentinel URL names its service: {url!r}")
+        parsed = URL("redis://" + hosts.split(",")[0] + "/" + path)
+        password = unquote(parsed.password) if parsed.password else None
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            _addresses(hosts.rpartition("@")[2]),
+            sentinel_kwargs={"socket_timeout": seconds, "socket_connect_timeout": seconds},
+            password=password,
+            db=int(db or 0),
+            **common,
+        )
+        primary: Any = sentinel.master_for(service)
+        return primary, primary
+    if scheme == "redis+cluster":
+        nodes = [ClusterNode(host, port) for host, port in _addresses(url.partition("://")[2])]
+        cluster: Any = RedisCluster(startup_nodes=nodes, max_connections=_POOL_SIZE, **common)
+        host, port = _addresses(url.partition("://")[2])[0]
+        # classic PUBLISH reaches every node of a cluster, so any one node can be listened to
+        listener = aioredis.Redis(host=host, port=port, **common)
+        return cluster, listener
+    raise ValueError(
+        f"unsupported store {url!r}: expected memory, redis://, rediss://, unix://, "
+        "redis+sentinel:// or redis+cluster://"
+    )
+
+
+class RedisStore:
+    """A Store on Redis (single server, Sentinel or Cluster); see the module docstring."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None, timeout_ms: int = 250) -> None:
+        self._client, self._listener = connect(url, timeout_ms=timeout_ms)
+        self._clock = clock
+        self._budget = timeout_ms / 1000
+        self._sources = {name: _script_source(name) for name in _SCRIPTS}
+        self._shas: dict[str, str] = {}
+        # a Cluster client learns the slot map on first use; concurrent first commands would
+        # each start that discovery and close one another's connections, so it runs once
+        self._discovered = not isinstance(self._client, RedisCluster)
+        self._discovery = asyncio.Lock()
+        # Commands in flight are capped at the pool size so a burst waits for a connection
+        # (within its budget) instead of failing with "too many connections", which the
+        # Cluster client does rather than wait
+        self._slots = asyncio.Semaphore(_POOL_SIZE)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One command under the budget, with Redis's failures translated where they enter."""
+        try:
+            async with asyncio.timeout(self._budget), self._slots:
+                if not self._discovered:
+                    async with self._discovery:
+                        if not self._discovered:
+                            await self._client.initialize()
+                            self._discovered = True
+                return await call()
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"the store did not answer within {self._budget * 1000:.0f} ms"
+            ) from exc
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _load(self, name: str) -> str:
+        sha: str = await self._client.script_load(self._sources[name])
+        self._shas[name] = sha
+        return sha
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async def call() -> Any:
+            sha = self._shas.get(name) or await self._load(name)
+            try:
+                return await self._client.evalsha(sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                # Redis restarted or failed over and lost its script cache: load and repeat
+                sha = await self._load(name)
+                return await self._client.evalsha(sha, len(keys), *keys, *args)
+
+        return await self._run(call)
+
+    def _now(self) -> str:
+        return "" if self._clock is None else repr(self._clock.now())
+
+    @staticmethod
+    def _base(account_id: str, charge: Charge) -> str:
+        return meter_key(account_id, charge.meter, charge.scope_id, None)
+
+    @staticmethod
+    def _ttl(charge: Charge) -> int:
+        return window_ttl(charge.period) if charge.period is not None else 0
+
+    @staticmethod
+    def _states(raw: Sequence[Any], charges: Sequence[Charge]) -> tuple[MeterState, ...]:
+        out = []
+        for index, charge in enumerate(charges):
+            key, used, reset = raw[3 * index : 3 * index + 3]
+            reset_at = None if int(reset) < 0 else float(reset)
+            out.append(MeterState(str(key), int(used), charge.limit, reset_at))
+        return tuple(out)
+
+    # -- metering ---------------------------------------------------------------------------
+
+    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        if not charges:
+            return Decision(True, ())
+        args: list[Any] = [self._now()]
+        for charge in charges:
+            limit = -1 if charge.limit is None else charge.limit
+            args += [charge.period or "", charge.cost, limit, self._ttl(charge)]
+        keys = [self._base(account_id, charge) for charge in charges]
+        raw = await self._script("consume", keys, args)
+        admitted, refused = int(raw[0]) == 1, int(raw[1])
+        states = self._states(raw[2:], charges)
+        return Decision(admitted, states, None if admitted else refused)
+
+    async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
+        if items:
+            await self._script("release", [k for k, _ in items], [c for _, c in items])
+
+    async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
+        if not charges:
+            return ()
+        keys = [self._base(account_id, charge) for charge in charges]
+        args = [self._now(), *(charge.period or "" for charge in charges)]
+        return self._states(await self._script("peek", keys, args), charges)
+
+    async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
+        args = [self._now(), charge.period or "", value, self._ttl(charge)]
+        raw = await self._script("set_usage", [self._base(account_id, charge)], args)
+        return self._states(raw, [charge])[0]
+
+    # -- records ----------------------------------------------------------------------------
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        raw = await self._run(lambda: self._client.get(record_key(kind, record_id)))
+        return None if raw is None else dict(json.loads(raw))
+
+    async def put_record(
+        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+    ) -> bool:
+        key, text = record_key(kind, record_id), json.dumps(doc)
+        done = await self._run(lambda: self._client.set(key, text, nx=only_if_absent))
+        return bool(done)
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        removed = await self._run(lambda: self._client.delete(record_key(kind, record_id)))
+        return int(removed) > 0
+
+    async def add_member(self, kind: str, owner_id: str, member: str) -> None:
+        await self._run(lambda: self._client.sadd(set_key(kind, owner_id), member))
+
+    async def remove_member(self, kind: str, owner_id: str, member: str) -> None:
+        await self._run(lambda: self._client.srem(set_key(kind, owner_id), member))
+
+    async def members(self, kind: str, owner_id: str) -> list[str]:
+        found = await self._run(lambda: self._client.smembers(set_key(kind, owner_id)))
+        return sorted(str(m) for m in found)
+
+    async def next_id(self, kind: str) -> int:
+        return int(await self._run(lambda: self._client.incr(sequence_key(kind))))
+
+    # -- notifications and lifecycle --------------------------------------------------------
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._run(lambda: self._client.publish(channel, message))
+
+    async def listen(self, channel: str) -> AsyncIterator[str]:
+        pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        try:
+            await self._run(lambda: pubsub.subscribe(channel))
+            while True:
+                try:
+                    # a read that waits for messages must not be cut by the command budget
+                    message = await pubsub.get_message(timeout=1.0)
+                except (redis.exceptions.RedisError, OSError) as exc:
+                    raise StoreUnavailable(f"the store's notifications failed: {exc}") from exc
+                if message is not None and message.get("type") == "message":
+                    yield str(message["data"])
+        finally:
+            await pubsub.aclose()
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._client.ping())
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        if self._listener is not self._client:
+            await self._listener.aclose()

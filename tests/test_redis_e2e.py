@@ -1,0 +1,95 @@
+"""The AgentStack flows end to end with the gateway on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from gateway.metering.clock import FakeClock
+from gateway.metering.redis_store import RedisStore
+from gateway.metering.store import Store
+from tests.conftest import GatewayFactory
+from tests.redis_servers import RedisServer
+from tests.test_agentstack import (
+    test_anonymous_key_is_held_at_1000_logic_engine_calls,
+    test_free_key_is_held_at_10000_logic_engine_calls,
+    test_live_counts_rise_on_2xx_and_fall_on_delete,
+    test_rate_limit_headers_name_the_tightest_meter,
+)
+
+# collected again here, now running on Redis through the store_factory below
+__all__ = [
+    "test_anonymous_key_is_held_at_1000_logic_engine_calls",
+    "test_free_key_is_held_at_10000_logic_engine_calls",
+    "test_live_counts_rise_on_2xx_and_fall_on_delete",
+    "test_rate_limit_headers_name_the_tightest_meter",
+]
+
+
+@pytest.fixture
+def store_factory(redis_url: str) -> Callable[[FakeClock], Awaitable[Store]]:
+    async def make(clock: FakeClock) -> Store:
+        return RedisStore(redis_url, clock=clock, timeout_ms=2000)
+
+    return make
+
+
+async def test_a_warm_proxied_request_costs_one_redis_command(
+    make_gateway: GatewayFactory, redis_server: RedisServer
+) -> None:
+    gw = await make_gateway(identity_cache_ttl_seconds=300.0)
+    headers = await gw.caller("anonymous")
+    assert (await gw.client.get("/api/logic/warm", headers=headers)).status == 200
+    with redis_server.monitor() as commands:
+        for i in range(40):
+            resp = await gw.client.post(f"/api/logic/run/{i}", headers=headers)
+            assert resp.status == 200
+    assert commands == ["EVALSHA"] * 40
+    assert gw.upstream.count("/api/logic/run/") == 40
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> bool:
+    """Poll ``check`` until true, for at most ``seconds`` (for cross-process messages)."""
+    async with asyncio.timeout(seconds):
+        while not await check():
+            await asyncio.sleep(0.02)
+    return True
+
+
+async def test_a_revoked_key_and_a_new_tier_reach_every_process(
+    make_gateway: GatewayFactory,
+) -> None:
+    # two gateway processes' worth of state on one Redis; caches would hold entries 300 s
+    first = await make_gateway(identity_cache_ttl_seconds=300.0)
+    second = await make_gateway(identity_cache_ttl_seconds=300.0)
+    account = await first.account("anonymous")
+    resp = await first.admin.post(
+        f"/admin/accounts/{account}/keys",
+        json={"prefix": "anon_ask_"},
+        headers=first.admin_headers,
+    )
+    created = await resp.json()
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    resp = await second.client.get("/api/logic/x", headers=headers)
+    assert resp.headers["RateLimit-Limit"] == "1000"
+
+    resp = await first.admin.put(
+        f"/admin/accounts/{account}/tier", json={"tier": "free"}, headers=first.admin_headers
+    )
+    assert resp.status == 200
+
+    async def second_sees_free() -> bool:
+        resp = await second.client.get("/api/logic/x", headers=headers)
+        return resp.headers.get("RateLimit-Limit") == "10000"
+
+    assert await eventually(second_sees_free)
+
+    resp = await first.admin.delete(f"/admin/keys/{created['id']}", headers=first.admin_headers)
+    assert resp.status == 200
+
+    async def second_refuses() -> bool:
+        return (await second.client.get("/api/logic/x", headers=headers)).status == 401
+
+    assert await eventually(second_refuses)

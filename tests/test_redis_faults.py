@@ -1,0 +1,136 @@
+"""Redis frozen, killed and restarted empty under load: fail closed, fail open, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gateway.metering.clock import FakeClock
+from gateway.metering.redis_store import RedisStore
+from gateway.metering.store import Store
+from tests.conftest import GatewayFactory, Harness
+from tests.redis_servers import RedisServer
+
+BUDGET_MS = 200
+# generous against a busy CI machine, yet far below the seconds a default timeout would take
+WITHIN_BUDGET = 10 * BUDGET_MS / 1000
+
+
+@pytest.fixture
+def store_factory(own_redis: RedisServer) -> Callable[[FakeClock], Awaitable[Store]]:
+    async def make(clock: FakeClock) -> Store:
+        return RedisStore(own_redis.url, clock=clock, timeout_ms=BUDGET_MS)
+
+    return make
+
+
+async def timed(gw: Harness, path: str, headers: dict[str, str]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    resp = await gw.client.post(path, headers=headers)
+    await resp.read()
+    return resp, time.perf_counter() - started
+
+
+async def ready(gw: Harness) -> bool:
+    return (await gw.admin.get("/readyz")).status == 200
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+async def test_frozen_redis_fails_closed_with_503_within_the_budget_then_recovers(
+    make_gateway: GatewayFactory, own_redis: RedisServer
+) -> None:
+    gw = await make_gateway(identity_cache_ttl_seconds=300.0)
+    headers = await gw.caller("anonymous")
+    assert (await gw.client.post("/api/logic/run/warm", headers=headers)).status == 200
+
+    own_redis.freeze()
+    try:
+        results = await asyncio.gather(
+            *(timed(gw, f"/api/logic/run/{i}", headers) for i in range(30))
+        )
+        for resp, _ in results:
+            assert resp.status == 503
+            assert (await resp.json())["code"] == "STORE_UNAVAILABLE"
+            assert int(resp.headers["Retry-After"]) >= 1
+            assert resp.headers["X-Gateway-Degraded"] == "store-unavailable"
+        slowest = max(seconds for _, seconds in results)
+        print(f"\nfail-closed with Redis frozen: slowest of 30 decisions {slowest * 1000:.0f} ms")
+        assert slowest < WITHIN_BUDGET
+        assert gw.upstream.count("/api/logic/") == 1
+        resp = await gw.admin.get("/readyz")
+        assert resp.status == 503
+        assert (await resp.json())["status"] == "unavailable"
+        metrics = await (await gw.admin.get("/metrics")).text()
+        assert "gateway_store_degraded 1.0" in metrics
+        assert 'gateway_store_degraded_decisions_total{outcome="refused_closed"}' in metrics
+    finally:
+        own_redis.thaw()
+
+    await eventually(lambda: ready(gw))
+    resp = await gw.client.post("/api/logic/run/after", headers=headers)
+    assert resp.status == 200
+    assert "X-Gateway-Degraded" not in resp.headers
+    assert "gateway_store_degraded 0.0" in await (await gw.admin.get("/metrics")).text()
+
+
+async def test_redis_killed_and_restarted_empty_reloads_its_scripts(
+    make_gateway: GatewayFactory, own_redis: RedisServer
+) -> None:
+    gw = await make_gateway()
+    headers = await gw.caller("anonymous")
+    assert (await gw.client.post("/api/logic/run/warm", headers=headers)).status == 200
+
+    own_redis.kill()
+    for i in range(10):
+        resp, seconds = await timed(gw, f"/api/logic/run/{i}", headers)
+        assert resp.status == 503
+        assert seconds < WITHIN_BUDGET
+    own_redis.start()  # empty: no records, no counters, no scripts
+    assert own_redis.client().script_exists("0" * 40) == [False]
+    await eventually(lambda: ready(gw))
+
+    # the store still holds the scripts' SHAs: its EVALSHA meets NOSCRIPT and loads again
+    headers = await gw.caller("anonymous")
+    resp = await gw.client.post("/api/logic/run/fresh", headers=headers)
+    assert resp.status == 200
+    assert resp.headers["RateLimit-Remaining"] == "999"
+
+
+async def test_fail_open_serves_a_bounded_allowance_and_reconciles_the_count(
+    make_gateway: GatewayFactory, own_redis: RedisServer
+) -> None:
+    gw = await make_gateway(
+        store_failure_mode="open", store_fail_open_allowance=30, identity_cache_ttl_seconds=300.0
+    )
+    headers = await gw.caller("anonymous")
+    assert (await gw.client.post("/api/logic/run/warm", headers=headers)).status == 200
+
+    own_redis.freeze()
+    try:
+        # the health check notices first, so no request is left half-applied in Redis
+        assert (await gw.admin.get("/readyz")).status == 503
+        results = await asyncio.gather(
+            *(timed(gw, f"/api/logic/run/{i}", headers) for i in range(40))
+        )
+        statuses = sorted(resp.status for resp, _ in results)
+        assert statuses == [200] * 30 + [429] * 10
+        assert all(r.headers["X-Gateway-Degraded"] == "fail-open" for r, _ in results)
+        assert gw.upstream.count("/api/logic/") == 31
+    finally:
+        own_redis.thaw()
+
+    await eventually(lambda: ready(gw))
+    # the 30 calls admitted locally were written back: 1 + 30 + this one of 1,000
+    resp = await gw.client.post("/api/logic/run/after", headers=headers)
+    assert resp.status == 200
+    assert resp.headers["RateLimit-Remaining"] == str(1000 - 32)
+    print("\nfail-open: 30 admitted on the local allowance, reconciled to 32 used after recovery")
