@@ -193,7 +193,11 @@ async def make_gateway(
         store = await store_factory(clock)
         gateway = build_gateway(settings, clock=clock, store=store, registry=CollectorRegistry())
         options = {k: v for k, v in server_options(settings).items() if k != "access_log"}
-        client = TestClient(TestServer(proxy_app(gateway), **options))
+        proxy_server = TestServer(proxy_app(gateway))
+        # TestServer() drops keyword options silently; start_server() is where aiohttp takes
+        # them, and without them no header limit or auto_decompress setting would apply
+        await proxy_server.start_server(**options)
+        client = TestClient(proxy_server)
         admin = TestClient(TestServer(admin_app(gateway)))
         for c in (client, admin):
             await c.start_server()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm
 
-from gateway.settings import JwtSettings
+from gateway.settings import JwtSettings, Limits
 from tests.conftest import JWT_SECRET, GatewayFactory, Harness, mint, org_headers
 
 CALL = "/api/v1/agents"  # the AgentIdP catch-all route: one API call per request
@@ -110,6 +110,17 @@ async def test_es256_from_a_jwks_file(make_gateway: GatewayFactory, tmp_path: Pa
     await assert_refused(gw, bearer(unknown))
 
 
+def _part(value: dict[str, Any]) -> bytes:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=")
+
+
+def sign_hs256(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str:
+    """A token signed by hand, so its header can hold what pyjwt would refuse to write."""
+    signing_input = _part(header) + b"." + _part(claims)
+    digest = hmac.new(secret, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(digest).rstrip(b"=")).decode()
+
+
 def unsigned(claims: dict[str, Any]) -> str:
     def part(value: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
@@ -133,17 +144,8 @@ async def test_hs256_signed_with_the_rsa_public_key_is_refused(
     gw = await make_gateway(
         "agentidp", jwt=JwtSettings(algorithms=("RS256",), public_key_file=str(path))
     )
-    header = {"alg": "HS256", "typ": "JWT"}
     body = {"organization_id": "acme", "exp": int(time.time()) + 3600}
-
-    def part(value: dict[str, Any]) -> bytes:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=")
-
-    signing_input = part(header) + b"." + part(body)
-    signature = base64.urlsafe_b64encode(
-        hmac.new(pem, signing_input, hashlib.sha256).digest()
-    ).rstrip(b"=")
-    await assert_refused(gw, bearer((signing_input + b"." + signature).decode()))
+    await assert_refused(gw, bearer(sign_hs256({"alg": "HS256", "typ": "JWT"}, body, pem)))
     # the same claims properly signed pass, so the refusal is about the algorithm alone
     status, _, _ = await call(gw, bearer(mint(body, key=rsa_key, algorithm="RS256")))
     assert status == 200
@@ -273,3 +275,34 @@ async def test_a_file_that_is_no_pem_key_is_refused_at_start(
         await make_gateway(
             "agentidp", jwt=JwtSettings(algorithms=("RS256",), public_key_file=str(path))
         )
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        mint({"organization_id": "acme", "nbf": int(time.time()) + 3600}),  # not yet valid
+        mint({"organization_id": "acme", "exp": "tomorrow"}, lifetime=None),
+        sign_hs256(
+            {"alg": "HS256", "kid": ["k1"]},
+            {"organization_id": "acme", "exp": int(time.time()) + 3600},
+            JWT_SECRET.encode(),
+        ),
+        mint({"organization_id": "acme"})[:-3] + "AAA",  # signature tampered
+        "not.a.jwt",
+        "eyJhbGciOiJIUzI1NiJ9..",
+    ],
+    ids=["nbf-future", "exp-string", "kid-list", "tampered", "garbage", "empty-parts"],
+)
+async def test_malformed_or_forged_tokens_are_refused(
+    make_gateway: GatewayFactory, token: str
+) -> None:
+    gw = await make_gateway("agentidp")
+    await assert_refused(gw, bearer(token))
+
+
+async def test_an_oversized_token_is_refused(make_gateway: GatewayFactory) -> None:
+    # header lines are allowed to be long enough to carry it, so the token check itself refuses
+    gw = await make_gateway("agentidp", limits=Limits(max_header_bytes=32 * 1024))
+    await assert_refused(gw, bearer(mint({"organization_id": "acme", "pad": "x" * 9000})))
+    status, _, _ = await call(gw, bearer(mint({"organization_id": "acme", "pad": "x" * 5000})))
+    assert status == 200
