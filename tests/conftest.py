@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -20,6 +21,7 @@ from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_opt
 from gateway.metering.clock import FakeClock
 from gateway.metering.memory import MemoryStore
 from gateway.metering.store import Store
+from gateway.server import GatewayRunner
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +150,21 @@ class Harness:
 GatewayFactory = Callable[..., Awaitable[Harness]]
 
 
+class GatewayTestServer(TestServer):
+    """Serves the proxy app as `gateway serve` does: its runner and its server options.
+
+    aiohttp's TestServer drops keyword arguments given to its constructor and cancels
+    handlers when a client disconnects, which `gateway serve` does not."""
+
+    def __init__(self, app: web.Application, **options: Any) -> None:
+        super().__init__(app)
+        self._options = options
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs.update(self._options, handler_cancellation=False)
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_gateway(
     upstream: Upstream,
@@ -168,7 +185,7 @@ async def make_gateway(
         store = await store_factory(clock)
         gateway = build_gateway(settings, clock=clock, store=store, registry=CollectorRegistry())
         options = {k: v for k, v in server_options(settings).items() if k != "access_log"}
-        client = TestClient(TestServer(proxy_app(gateway), **options))
+        client = TestClient(GatewayTestServer(proxy_app(gateway), **options))
         admin = TestClient(TestServer(admin_app(gateway)))
         for c in (client, admin):
             await c.start_server()
