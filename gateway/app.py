@@ -173,8 +173,10 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "max_line_size": limits.max_header_bytes,
         "max_field_size": limits.max_header_bytes,
         "max_headers": limits.max_headers,
-        # aiohttp closes a connection that has not completed a request's headers within the
-        # keep-alive timeout, which makes it our defence against slowloris clients
+        # aiohttp arms this timer when a connection opens and after each response, and closes
+        # the connection if no complete request head has arrived when it fires, however
+        # steadily bytes trickle in: our defence against slowloris clients. It is also the
+        # idle keep-alive timeout. tests/test_proxy_limits.py holds both cases.
         "keepalive_timeout": limits.header_timeout_seconds,
         # bodies are relayed as sent; decompressing them would change what the upstream sees
         "auto_decompress": False,

@@ -15,6 +15,7 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -22,6 +23,7 @@ from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_opt
 from gateway.metering.clock import FakeClock
 from gateway.metering.memory import MemoryStore
 from gateway.metering.store import Store
+from gateway.server import GatewayRunner
 from gateway.settings import Settings
 
 # real redis-server and Redis Cluster fixtures (free ports, temporary directories)
@@ -173,6 +175,21 @@ class Harness:
 GatewayFactory = Callable[..., Awaitable[Harness]]
 
 
+class GatewayTestServer(TestServer):
+    """Serves the proxy app as `gateway serve` does: its runner and its server options.
+
+    aiohttp's TestServer drops keyword arguments given to its constructor and cancels
+    handlers when a client disconnects, which `gateway serve` does not."""
+
+    def __init__(self, app: web.Application, **options: Any) -> None:
+        super().__init__(app)
+        self._options = options
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs.update(self._options, handler_cancellation=False)
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_gateway(
     upstream: Upstream,
@@ -193,11 +210,7 @@ async def make_gateway(
         store = await store_factory(clock)
         gateway = build_gateway(settings, clock=clock, store=store, registry=CollectorRegistry())
         options = {k: v for k, v in server_options(settings).items() if k != "access_log"}
-        proxy_server = TestServer(proxy_app(gateway))
-        # TestServer() drops keyword options silently; start_server() is where aiohttp takes
-        # them, and without them no header limit or auto_decompress setting would apply
-        await proxy_server.start_server(**options)
-        client = TestClient(proxy_server)
+        client = TestClient(GatewayTestServer(proxy_app(gateway), **options))
         admin = TestClient(TestServer(admin_app(gateway)))
         for c in (client, admin):
             await c.start_server()
