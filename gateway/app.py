@@ -11,12 +11,20 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.api.accounts import AccountsApi
 from gateway.api.admin import AdminApi, admin_guard
+from gateway.api.admin_accounts import AdminAccountsApi
+from gateway.api.local import LocalHandler, check_handlers
 from gateway.api.ops import OpsApi
+from gateway.api.projects import ProjectsApi
+from gateway.api.stripe import StripeClient, StripeWebhook
+from gateway.api.tiers import TiersApi
 from gateway.boundary import error_boundary
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
+from gateway.identity.sessions import Sessions
 from gateway.identity.tokens import JwtVerifier, load_public_keys
+from gateway.identity.users import Users
 from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.memory import MemoryStore
 from gateway.metering.store import Store
@@ -39,6 +47,8 @@ class Gateway:
     registry: Registry
     metrics: Metrics
     authenticator: Authenticator
+    sessions: Sessions
+    users: Users
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -77,6 +87,7 @@ def build_gateway(
     metrics = Metrics(registry or CollectorRegistry())
     metrics.policy_info.labels(policy.name, policy.digest).set(1)
     accounts = Registry(store, clock)
+    sessions = Sessions(store, clock, ttl_seconds=settings.accounts.session_ttl_seconds)
     return Gateway(
         settings=settings,
         clock=clock,
@@ -84,8 +95,39 @@ def build_gateway(
         store=store,
         registry=accounts,
         metrics=metrics,
-        authenticator=Authenticator(accounts, build_verifier(settings, policy.tenant_claim)),
+        authenticator=Authenticator(
+            accounts, build_verifier(settings, policy.tenant_claim), sessions
+        ),
+        sessions=sessions,
+        users=Users(store, clock),
     )
+
+
+def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHandler]:
+    """Every handler a policy route may name with ``answer:``."""
+    settings = gateway.settings
+    handlers: dict[str, LocalHandler] = {}
+    for api in (
+        AccountsApi(
+            registry=gateway.registry,
+            users=gateway.users,
+            sessions=gateway.sessions,
+            store=gateway.store,
+            clock=gateway.clock,
+            settings=settings.accounts,
+            trusted_proxies=settings.trusted_proxies,
+        ),
+        ProjectsApi(registry=gateway.registry),
+        TiersApi(store=gateway.store, stripe=stripe),
+        StripeWebhook(
+            settings=settings.stripe,
+            registry=gateway.registry,
+            store=gateway.store,
+            clock=gateway.clock,
+        ),
+    ):
+        handlers.update(api.handlers())
+    return handlers
 
 
 def proxy_app(gateway: Gateway) -> web.Application:
@@ -101,6 +143,9 @@ def proxy_app(gateway: Gateway) -> web.Application:
         read_timeout=settings.read_timeout_seconds,
         trusted_proxies=settings.trusted_proxies,
     )
+    stripe = StripeClient(settings.stripe)
+    handlers = local_handlers(gateway, stripe)
+    check_handlers(gateway.policy.current, handlers)
     pipeline = Pipeline(
         policy=gateway.policy,
         authenticator=gateway.authenticator,
@@ -108,6 +153,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         forwarder=forwarder,
         metrics=gateway.metrics,
         clock=gateway.clock,
+        handlers=handlers,
     )
     app.router.add_route("*", "/{tail:.*}", pipeline.handle)
 
@@ -121,7 +167,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         forwarder.attach(session)
-        yield
+        async with stripe.opened():
+            yield
         await session.close()
         await gateway.store.close()
 
@@ -139,7 +186,14 @@ def admin_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     ops = OpsApi(store=gateway.store, metrics=gateway.metrics)
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
-    app.add_routes(ops.routes() + admin.routes())
+    accounts = AdminAccountsApi(
+        policy=gateway.policy,
+        registry=gateway.registry,
+        users=gateway.users,
+        sessions=gateway.sessions,
+        store=gateway.store,
+    )
+    app.add_routes(ops.routes() + admin.routes() + accounts.routes())
     return app
 
 

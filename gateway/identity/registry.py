@@ -135,6 +135,19 @@ class Registry:
         found: Project | None = _load(Project, await self._store.get_record("project", project_id))
         return found
 
+    async def update_project(self, project_id: str, **changes: Any) -> Project:
+        project = await self.project(project_id)
+        if project is None:
+            raise NotFound(f"no project {project_id!r}")
+        updated = dataclasses.replace(project, **changes)
+        await self._store.put_record("project", project_id, dataclasses.asdict(updated))
+        return updated
+
+    async def delete_project(self, project: Project) -> bool:
+        """Remove a project; False if it was already gone (so a count is freed only once)."""
+        await self._store.remove_member("projects", project.account_id, project.id)
+        return await self._store.delete_record("project", project.id)
+
     async def projects(self, account_id: str) -> list[Project]:
         ids = await self._store.members("projects", account_id)
         found = [await self.project(pid) for pid in ids]
