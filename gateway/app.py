@@ -20,6 +20,7 @@ from gateway.api.projects import ProjectsApi
 from gateway.api.stripe import StripeClient, StripeWebhook
 from gateway.api.tiers import TiersApi
 from gateway.boundary import error_boundary
+from gateway.identity.locks import Locks
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
 from gateway.identity.sessions import Sessions
@@ -117,7 +118,7 @@ def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHan
             settings=settings.accounts,
             trusted_proxies=settings.trusted_proxies,
         ),
-        ProjectsApi(registry=gateway.registry),
+        ProjectsApi(registry=gateway.registry, locks=Locks(gateway.store, gateway.clock)),
         TiersApi(store=gateway.store, stripe=stripe),
         StripeWebhook(
             settings=settings.stripe,

@@ -199,3 +199,50 @@ async def test_admin_corrects_a_live_count(make_gateway: GatewayFactory) -> None
     await gw.set_usage(account, "logic_pages", 1)
     assert (await gw.client.post("/api/logic-pages", headers=headers)).status == 200
     assert (await usage(gw, account))["logic_pages"] == 2
+
+
+async def test_racing_changes_free_each_unit_once(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    account, headers = await session_for(gw, "pro")
+    ids = [
+        (await (await create_project(gw, headers, f"p{i}")).json())["project_id"] for i in range(3)
+    ]
+    resp = await gw.client.post("/api/api-keys", json={"project_id": ids[0]}, headers=headers)
+    key_id = (await resp.json())["id"]
+
+    async def burst(method: str, path: str) -> list[int]:
+        results = await asyncio.gather(
+            *(gw.client.request(method, path, headers=headers) for _ in range(6))
+        )
+        return sorted(r.status for r in results)
+
+    statuses = await burst("DELETE", f"/api/api-keys/{key_id}")
+    assert statuses[0] == 200 and statuses.count(200) == 1
+    statuses = await burst("POST", f"/api/projects/{ids[1]}/deactivate")
+    assert statuses.count(200) == 1 and set(statuses) <= {200, 409}
+    statuses = await burst("DELETE", f"/api/projects/{ids[2]}")
+    assert statuses.count(200) == 1 and set(statuses) <= {200, 404, 409}
+    counts = await usage(gw, account)
+    # three projects with a key each, plus one more key; one key revoked, one project
+    # deactivated, one project (active, with its key) deleted
+    assert counts["api_keys"] == 4 - 1 - 1
+    assert counts["projects"] == 2
+    assert counts["active_projects"] == 3 - 1 - 1
+
+
+async def test_a_lock_left_by_a_dead_holder_is_taken_over(make_gateway: GatewayFactory) -> None:
+    from gateway.identity.locks import Busy, Locks
+
+    gw = await make_gateway()
+    locks = Locks(gw.gateway.store, gw.clock, stale_after=30)
+    # a holder that died: its lock record stays behind
+    await gw.gateway.store.put_record("lock", "project:9", {"at": gw.clock.now()})
+    try:
+        async with locks.hold("project", "9"):
+            raise AssertionError("a fresh lock must not be taken over")
+    except Busy:
+        pass
+    gw.clock.advance(31)
+    async with locks.hold("project", "9"):
+        assert await gw.gateway.store.get_record("lock", "project:9") is not None
+    assert await gw.gateway.store.get_record("lock", "project:9") is None

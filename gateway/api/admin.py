@@ -147,11 +147,13 @@ class AdminApi:
         return web.json_response({**record.public(), "key": plaintext}, status=201)
 
     async def revoke_key(self, request: web.Request) -> web.Response:
-        before = await self._registry.key(request.match_info["key_id"])
-        record = await self._registry.revoke_key(request.match_info["key_id"])
-        if before is not None and before.revoked_at is None:
+        key_id = request.match_info["key_id"]
+        record = await self._registry.revoke_key_once(key_id)
+        if record is not None:
             units = [(key_meter(record.kind), 1)]
             await free(self._store, self._policy.current, record.account_id, units)
+        else:
+            record = await self._registry.revoke_key(key_id)  # already revoked: unchanged
         return web.json_response(record.public())
 
     async def usage(self, request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from gateway.api.body import field, read_json
 from gateway.api.holdings import key_meter
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import Conflict, NotFound, ValidationError
+from gateway.identity.locks import Locks
 from gateway.identity.registry import ApiKey, Project, Registry
 
 #: the prefix of user keys a registered account creates (``anon_ask_`` is provisioning's)
@@ -26,8 +27,11 @@ def project_json(project: Project) -> dict[str, Any]:
 
 
 class ProjectsApi:
-    def __init__(self, *, registry: Registry) -> None:
+    def __init__(self, *, registry: Registry, locks: Locks) -> None:
         self._registry = registry
+        # a project's state changes read, check and write: one at a time per project, so
+        # two racing deactivations cannot both free the same active unit
+        self._locks = locks
 
     def handlers(self) -> dict[str, LocalHandler]:
         return {
@@ -75,32 +79,35 @@ class ProjectsApi:
         return web.json_response({"projects": [project_json(p) for p in projects]})
 
     async def delete_project(self, ctx: LocalContext) -> web.Response:
-        project = await self._own_project(ctx, ctx.params["id"])
-        # its keys die with it, and so do the live counts they and its active state held
-        for key in await self._registry.keys(project.account_id):
-            if key.project_id == project.id and key.revoked_at is None:
-                await self._registry.revoke_key(key.id)
-                ctx.released.append((key_meter(key.kind), 1))
-        if not await self._registry.delete_project(project):
-            raise NotFound(f"no project {project.id!r}")
-        if project.active:
-            ctx.released.append(("active_projects", 1))
+        project_id = ctx.params["id"]
+        async with self._locks.hold("project", project_id):
+            project = await self._own_project(ctx, project_id)
+            if not await self._registry.delete_project(project):
+                raise NotFound(f"no project {project.id!r}")
+            if project.active:
+                ctx.released.append(("active_projects", 1))
+            # its keys die with it, and so do the live counts they held
+            for key in await self._registry.keys(project.account_id):
+                if key.project_id == project.id and await self._registry.revoke_key_once(key.id):
+                    ctx.released.append((key_meter(key.kind), 1))
         return web.json_response({"success": True, "project_id": int(project.id)})
 
-    async def activate_project(self, ctx: LocalContext) -> web.Response:
-        project = await self._own_project(ctx, ctx.params["id"])
-        if project.active:
-            # a 4xx gives back the active-project unit the route took
-            raise Conflict(f"project {project.id} is already active")
-        project = await self._registry.update_project(project.id, active=True)
+    async def _set_active(self, ctx: LocalContext, active: bool) -> web.Response:
+        project_id = ctx.params["id"]
+        async with self._locks.hold("project", project_id):
+            project = await self._own_project(ctx, project_id)
+            if project.active == active:
+                # a 4xx gives back what the route took and frees nothing
+                state = "active" if active else "inactive"
+                raise Conflict(f"project {project.id} is already {state}")
+            project = await self._registry.update_project(project.id, active=active)
         return web.json_response({"success": True, "project": project_json(project)})
 
+    async def activate_project(self, ctx: LocalContext) -> web.Response:
+        return await self._set_active(ctx, True)
+
     async def deactivate_project(self, ctx: LocalContext) -> web.Response:
-        project = await self._own_project(ctx, ctx.params["id"])
-        if not project.active:
-            raise Conflict(f"project {project.id} is already inactive")
-        project = await self._registry.update_project(project.id, active=False)
-        return web.json_response({"success": True, "project": project_json(project)})
+        return await self._set_active(ctx, False)
 
     async def create_project_key(self, ctx: LocalContext) -> web.Response:
         body = await read_json(ctx.request)
@@ -149,7 +156,9 @@ class ProjectsApi:
                 f"{key_id} is a {key.kind} key: revoke it at {other}/{key_id}",
                 details={"key_id": key_id, "kind": key.kind},
             )
-        record = await self._registry.revoke_key(key.id)
+        record = await self._registry.revoke_key_once(key.id)
+        if record is None:
+            raise NotFound(f"no live key {key_id!r}")  # a racing revoke got there first
         return web.json_response({"success": True, **record.public()})
 
     async def revoke_project_key(self, ctx: LocalContext) -> web.Response:

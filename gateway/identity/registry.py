@@ -204,6 +204,18 @@ class Registry:
             await self._store.put_record("key", record.digest, dataclasses.asdict(record))
         return record
 
+    async def revoke_key_once(self, key_id: str) -> ApiKey | None:
+        """Revoke a live key; None if it was already revoked, even by a racing caller, so
+        whatever the key held is freed exactly once."""
+        record = await self.key(key_id)
+        if record is None:
+            raise NotFound(f"no key {key_id!r}")
+        if record.revoked_at is not None or not await self._store.put_record(
+            "key_revoked", key_id, {"at": self._clock.now()}, only_if_absent=True
+        ):
+            return None
+        return await self.revoke_key(key_id)
+
     async def keys(self, account_id: str) -> list[ApiKey]:
         found = [await self.key(key_id) for key_id in await self._store.members("keys", account_id)]
         return sorted((k for k in found if k is not None), key=lambda k: int(k.id[4:]))
