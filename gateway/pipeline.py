@@ -127,6 +127,7 @@ class Pipeline:
         handler = self._handlers.get(route.answer)
         if handler is None:
             raise NotFound(f"route {route.name} names no handler this gateway has")
+        request[OUTCOME_LABEL] = "answered"
         context = LocalContext(request, self._policy.current, identity, params)
         ok = False
         try:

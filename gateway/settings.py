@@ -227,12 +227,15 @@ def _accounts(node: Node) -> AccountSettings:
 
 
 def _stripe(node: Node) -> StripeSettings:
-    keys = {"secret_key_env", "webhook_secret_env", "api_base_env", "mode"}
-    node.mapping(allowed=keys | {"prices", "success_url", "cancel_url", "tolerance_seconds"})
+    keys = {"secret_key_env", "webhook_secret_env", "api_base_env"}
+    extra = {"mode", "prices", "success_url", "cancel_url", "tolerance_seconds"}
+    node.mapping(allowed=keys | extra)
     values: dict[str, Any] = {}
     for key in (*sorted(keys), "success_url", "cancel_url"):
         if (child := node.get(key)) is not None:
             values[key] = child.str(max_len=2000)
+    if (child := node.get("mode")) is not None:
+        values["mode"] = child.str(choices=("subscription", "payment"))
     if (child := node.get("prices")) is not None:
         values["prices"] = tuple((tier, item.str()) for tier, item in child.items())
     if (child := node.get("tolerance_seconds")) is not None:
