@@ -66,8 +66,8 @@ class TiersApi:
         current = policy.tier(identity.tier)
         if policy.tiers[target].rank <= current.rank:
             raise UpgradeNotRequired(
-                f"the organization is already on {current.name}, which {target} does not "
-                "exceed; check GET /api/v1/tiers/status.",
+                f"{target} is not above the organization's current tier ({current.name}); "
+                "check GET /api/v1/tiers/status.",
                 details={"current": current.name, "received": target},
             )
         url = await self._stripe.create_checkout(
