@@ -21,7 +21,7 @@ from gateway.metering.clock import Clock
 from gateway.metering.store import Decision, Store
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.model import Route
+from gateway.policy.model import Policy, Route
 from gateway.proxy import headers as identity_headers
 from gateway.proxy.forward import Forwarder, relay
 from gateway.proxy.path import canonical_path
@@ -93,7 +93,7 @@ class Pipeline:
                     )
 
         if route.answer is not None:
-            return await self._answer(request, route, params, identity, decision)
+            return await self._answer(request, policy, route, params, identity, decision)
 
         inject = _identity_headers(identity, route) if identity is not None else {}
         # a gateway key is ours alone; a JWT is passed on so the upstream can verify it too
@@ -117,18 +117,18 @@ class Pipeline:
     async def _answer(
         self,
         request: web.Request,
+        policy: Policy,
         route: Route,
         params: dict[str, str],
         identity: Identity | None,
         decision: Decision | None,
     ) -> web.StreamResponse:
         """A gateway-answered route: the local handler stands where the forwarder would."""
-        assert route.answer is not None
-        handler = self._handlers.get(route.answer)
+        handler = self._handlers.get(route.answer or "")
         if handler is None:
             raise NotFound(f"route {route.name} names no handler this gateway has")
         request[OUTCOME_LABEL] = "answered"
-        context = LocalContext(request, self._policy.current, identity, params)
+        context = LocalContext(request, policy, identity, params)
         ok = False
         try:
             response = await handler(context)

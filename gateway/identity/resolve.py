@@ -80,14 +80,14 @@ class Authenticator:
             )
         if self._sessions is not None and SESSION_TOKEN.fullmatch(credential):
             session = await self._sessions.resolve(credential)
-            account = await self._registry.account(session.account_id) if session else None
-            if account is None:
+            account = None if session is None else await self._registry.account(session.account_id)
+            if session is None or account is None:
                 raise Unauthenticated("unknown, expired or revoked session")
             return Identity(
                 account_id=account.id,
                 tier=account.tier,
                 kind="session",
-                key_id=session.id if session is not None else None,
+                key_id=session.id,
                 organization_id=account.organization_id,
             )
         if credential.count(".") == 2 and self._verifier is not None and self._verifier.enabled:
