@@ -108,14 +108,15 @@ class AccountsApi:
         body = await read_json(request) if request.body_exists else {}
         name = field(body, "name", str, required=False) or "My Project"
         field(body, "description", str, required=False, max_len=2000)
+        # looked up first: a policy without these key types fails before anything is created
+        user_type = key_type(policy, ANONYMOUS_KEY_PREFIX)
+        project_type = key_type(policy, PROJECT_KEY_PREFIX)
         await self._guard(request)
         account = await self._registry.create_account(ANONYMOUS_TIER, is_anonymous=True)
         project = await self._registry.create_project(account.id, name)
-        _, user_key = await self._registry.issue_key(
-            account.id, key_type(policy, ANONYMOUS_KEY_PREFIX)
-        )
+        _, user_key = await self._registry.issue_key(account.id, user_type)
         _, project_key = await self._registry.issue_key(
-            account.id, key_type(policy, PROJECT_KEY_PREFIX), project_id=project.id
+            account.id, project_type, project_id=project.id
         )
         session, token = await self._sessions.open(account.id)
         # the account now holds these, so the anonymous limits count them from the start
