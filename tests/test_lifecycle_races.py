@@ -20,8 +20,14 @@ from tests.test_lifecycle_projects import (
     test_racing_changes_free_each_unit_once,
     test_two_concurrent_creates_never_pass_the_last_unit,
 )
+from tests.test_stripe import (
+    stripe,
+    test_concurrent_deliveries_of_one_event_apply_once,
+)
 
 __all__ = [
+    "stripe",
+    "test_concurrent_deliveries_of_one_event_apply_once",
     "test_racing_changes_free_each_unit_once",
     "test_two_accounts_racing_for_one_email",
     "test_two_concurrent_creates_never_pass_the_last_unit",

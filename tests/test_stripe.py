@@ -3,6 +3,7 @@ webhooks that move the tier once per event."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,3 +249,14 @@ async def test_events_that_change_nothing(make_gateway: GatewayFactory, stripe: 
     # a signed body that is not JSON is a 400
     status_code, body = await deliver(gw, b"not json")
     assert status_code == 400
+
+
+async def test_concurrent_deliveries_of_one_event_apply_once(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    payload = completed("evt_storm", "org-storm", "pro")
+    results = await asyncio.gather(*(deliver(gw, payload) for _ in range(5)))
+    assert sorted(body["applied"] for _, body in results) == [False] * 4 + [True]
+    assert all(status_code == 200 for status_code, _ in results)
+    assert (await status(gw, token("org-storm")))["tier"] == "pro"
