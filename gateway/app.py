@@ -13,13 +13,22 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.api.accounts import AccountsApi
 from gateway.api.admin import AdminApi, admin_guard
+from gateway.api.admin_accounts import AdminAccountsApi
+from gateway.api.local import LocalHandler, check_handlers
 from gateway.api.ops import OpsApi
+from gateway.api.projects import ProjectsApi
+from gateway.api.stripe import StripeClient, StripeWebhook
+from gateway.api.tiers import TiersApi
 from gateway.boundary import error_boundary
 from gateway.identity.cache import IdentityCache, follow
+from gateway.identity.locks import Locks
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
+from gateway.identity.sessions import Sessions
 from gateway.identity.tokens import JwtVerifier, load_public_keys
+from gateway.identity.users import Users
 from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.guard import GuardedStore
 from gateway.metering.memory import MemoryStore
@@ -44,6 +53,8 @@ class Gateway:
     registry: Registry
     metrics: Metrics
     authenticator: Authenticator
+    sessions: Sessions
+    users: Users
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -93,6 +104,7 @@ def build_gateway(
         max_entries=settings.identity_cache_entries, ttl=settings.identity_cache_ttl_seconds
     )
     accounts = Registry(store, clock, cache)
+    sessions = Sessions(store, clock, ttl_seconds=settings.accounts.session_ttl_seconds)
     return Gateway(
         settings=settings,
         clock=clock,
@@ -100,8 +112,39 @@ def build_gateway(
         store=store,
         registry=accounts,
         metrics=metrics,
-        authenticator=Authenticator(accounts, build_verifier(settings, policy.tenant_claim)),
+        authenticator=Authenticator(
+            accounts, build_verifier(settings, policy.tenant_claim), sessions
+        ),
+        sessions=sessions,
+        users=Users(store, clock),
     )
+
+
+def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHandler]:
+    """Every handler a policy route may name with ``answer:``."""
+    settings = gateway.settings
+    handlers: dict[str, LocalHandler] = {}
+    for api in (
+        AccountsApi(
+            registry=gateway.registry,
+            users=gateway.users,
+            sessions=gateway.sessions,
+            store=gateway.store,
+            clock=gateway.clock,
+            settings=settings.accounts,
+            trusted_proxies=settings.trusted_proxies,
+        ),
+        ProjectsApi(registry=gateway.registry, locks=Locks(gateway.store, gateway.clock)),
+        TiersApi(store=gateway.store, stripe=stripe),
+        StripeWebhook(
+            settings=settings.stripe,
+            registry=gateway.registry,
+            store=gateway.store,
+            clock=gateway.clock,
+        ),
+    ):
+        handlers.update(api.handlers())
+    return handlers
 
 
 def proxy_app(gateway: Gateway) -> web.Application:
@@ -117,6 +160,9 @@ def proxy_app(gateway: Gateway) -> web.Application:
         read_timeout=settings.read_timeout_seconds,
         trusted_proxies=settings.trusted_proxies,
     )
+    stripe = StripeClient(settings.stripe)
+    handlers = local_handlers(gateway, stripe)
+    check_handlers(gateway.policy.current, handlers)
     pipeline = Pipeline(
         policy=gateway.policy,
         authenticator=gateway.authenticator,
@@ -124,6 +170,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         forwarder=forwarder,
         metrics=gateway.metrics,
         clock=gateway.clock,
+        handlers=handlers,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404
@@ -141,7 +188,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         forwarder.attach(session)
         # other processes' registry writes reach this process's identity cache through here
         invalidations = asyncio.create_task(follow(gateway.store, gateway.registry.cache))
-        yield
+        async with stripe.opened():
+            yield
         invalidations.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await invalidations
@@ -162,7 +210,14 @@ def admin_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     ops = OpsApi(store=gateway.store, metrics=gateway.metrics)
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
-    app.add_routes(ops.routes() + admin.routes())
+    accounts = AdminAccountsApi(
+        policy=gateway.policy,
+        registry=gateway.registry,
+        users=gateway.users,
+        sessions=gateway.sessions,
+        store=gateway.store,
+    )
+    app.add_routes(ops.routes() + admin.routes() + accounts.routes())
     return app
 
 

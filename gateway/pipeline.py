@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
+from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import (
     NotFound,
     PayloadTooLarge,
@@ -42,7 +44,9 @@ class Pipeline:
         forwarder: Forwarder,
         metrics: Metrics,
         clock: Clock,
+        handlers: Mapping[str, LocalHandler] | None = None,
     ) -> None:
+        self._handlers = dict(handlers or {})
         self._policy = policy
         self._auth = authenticator
         self._store = store
@@ -93,6 +97,9 @@ class Pipeline:
                         refusal.headers[DEGRADED_HEADER] = "fail-open"
                     raise refusal
 
+        if route.answer is not None:
+            return await self._answer(request, policy, route, params, identity, decision)
+
         inject = _identity_headers(identity, route) if identity is not None else {}
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
         # verify it too, and so is whatever an unauthenticated route's callers authorise with
@@ -119,6 +126,33 @@ class Pipeline:
                 await self._settle(identity, route, params, decision, answered=False, ok=False)
             raise
 
+    async def _answer(
+        self,
+        request: web.Request,
+        policy: Policy,
+        route: Route,
+        params: dict[str, str],
+        identity: Identity | None,
+        decision: Decision | None,
+    ) -> web.StreamResponse:
+        """A gateway-answered route: the local handler stands where the forwarder would."""
+        handler = self._handlers.get(route.answer or "")
+        if handler is None:
+            raise NotFound(f"route {route.name} names no handler this gateway has")
+        request[OUTCOME_LABEL] = "answered"
+        context = LocalContext(request, policy, identity, params)
+        ok = False
+        try:
+            response = await handler(context)
+            ok = 200 <= response.status < 300
+        finally:
+            await self._settle(
+                identity, route, params, decision, answered=True, ok=ok, freed=context.released
+            )
+        state = decide.tightest(decision.states) if decision is not None else None
+        response.headers.update(decide.rate_limit_headers(state, self._clock.now()))
+        return response
+
     async def _settle(
         self,
         identity: Identity | None,
@@ -128,6 +162,7 @@ class Pipeline:
         *,
         answered: bool,
         ok: bool,
+        freed: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Give back what the request should not keep; free live resources a delete removed."""
         if identity is None:
@@ -145,10 +180,11 @@ class Pipeline:
                     meter.kind == "counter" and not answered and route.refund == "unanswered"
                 ):
                     giveback.append((state.key, cost))
-        if ok and route.release:
+        if ok and (route.release or freed):
             tier = policy.tier(identity.tier)
             project_id = decide.project_scope(route, identity, params)
-            released = decide.charges(policy, tier, identity.account_id, project_id, route.release)
+            costs = [*route.release, *((m, c) for m, c in freed if m in policy.meters)]
+            released = decide.charges(policy, tier, identity.account_id, project_id, costs)
             states = await self._store.peek(identity.account_id, released)
             giveback.extend(
                 (state.key, charge.cost) for state, charge in zip(states, released, strict=True)

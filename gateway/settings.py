@@ -112,6 +112,38 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """Accounts the gateway answers for itself: provisioning, conversion, login."""
+
+    provisions_per_address_per_day: int | None = 20  # None: no abuse guard
+    session_ttl_seconds: float = 7 * 86400.0
+    min_password_length: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class StripeSettings:
+    """Stripe Checkout for tier upgrades; the secrets come from the environment."""
+
+    secret_key_env: str = "GATEWAY_STRIPE_SECRET_KEY"  # noqa: S105 - a variable name
+    webhook_secret_env: str = "GATEWAY_STRIPE_WEBHOOK_SECRET"  # noqa: S105 - a variable name
+    api_base_env: str = "GATEWAY_STRIPE_API_BASE"
+    prices: tuple[tuple[str, str], ...] = ()  # (tier, Stripe price id)
+    mode: str = "subscription"
+    success_url: str = "http://localhost/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    cancel_url: str = "http://localhost/billing/cancel"
+    tolerance_seconds: float = 300.0
+
+    def secret_key(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        return environ.get(self.secret_key_env) or None
+
+    def webhook_secret(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        return environ.get(self.webhook_secret_env) or None
+
+    def api_base(self, environ: Mapping[str, str] = os.environ) -> str:
+        return (environ.get(self.api_base_env) or "https://api.stripe.com").rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: Address = Address("127.0.0.1", 8080)
     admin_listen: Address = Address("127.0.0.1", 9090)
@@ -135,6 +167,8 @@ class Settings:
     admin_token_env: str = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable name
     jwt: JwtSettings = field(default_factory=JwtSettings)
     limits: Limits = field(default_factory=Limits)
+    accounts: AccountSettings = field(default_factory=AccountSettings)
+    stripe: StripeSettings = field(default_factory=StripeSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
         return environ.get(self.admin_token_env) or None
@@ -166,6 +200,23 @@ KEYS: dict[str, frozenset[str]] = {
             "jwt",
             "limits",
             "shutdown_grace_seconds",
+            "accounts",
+            "stripe",
+        }
+    ),
+    "accounts": frozenset(
+        {"provisions_per_address_per_day", "session_ttl_seconds", "min_password_length"}
+    ),
+    "stripe": frozenset(
+        {
+            "secret_key_env",
+            "webhook_secret_env",
+            "api_base_env",
+            "mode",
+            "prices",
+            "success_url",
+            "cancel_url",
+            "tolerance_seconds",
         }
     ),
     "upstreams[]": frozenset({"prefix", "url"}),
@@ -271,7 +322,40 @@ def _from_file(path: str) -> Settings:
         values["jwt"] = _jwt(child, base)
     if (child := node.get("limits")) is not None:
         values["limits"] = _limits(child)
+    if (child := node.get("accounts")) is not None:
+        values["accounts"] = _accounts(child)
+    if (child := node.get("stripe")) is not None:
+        values["stripe"] = _stripe(child)
     return Settings(**values)
+
+
+def _accounts(node: Node) -> AccountSettings:
+    node.mapping(allowed=set(KEYS["accounts"]))
+    values: dict[str, Any] = {}
+    if (child := node.get("provisions_per_address_per_day")) is not None:
+        unlimited = isinstance(child.value, str) and child.value == "unlimited"
+        values["provisions_per_address_per_day"] = None if unlimited else child.int(minimum=1)
+    if (child := node.get("session_ttl_seconds")) is not None:
+        values["session_ttl_seconds"] = child.number(minimum=60)
+    if (child := node.get("min_password_length")) is not None:
+        values["min_password_length"] = child.int(minimum=8, maximum=128)
+    return AccountSettings(**values)
+
+
+def _stripe(node: Node) -> StripeSettings:
+    keys = {"secret_key_env", "webhook_secret_env", "api_base_env"}
+    node.mapping(allowed=set(KEYS["stripe"]))
+    values: dict[str, Any] = {}
+    for key in (*sorted(keys), "success_url", "cancel_url"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.str(max_len=2000)
+    if (child := node.get("mode")) is not None:
+        values["mode"] = child.str(choices=("subscription", "payment"))
+    if (child := node.get("prices")) is not None:
+        values["prices"] = tuple((tier, item.str()) for tier, item in child.items())
+    if (child := node.get("tolerance_seconds")) is not None:
+        values["tolerance_seconds"] = child.number(minimum=1)
+    return StripeSettings(**values)
 
 
 def _jwt(node: Node, base: Path) -> JwtSettings:

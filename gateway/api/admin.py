@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.api.body import field, read_json
+from gateway.api.holdings import free, hold, key_meter
 from gateway.errors import Forbidden, NotFound, Unauthenticated, ValidationError
 from gateway.identity.registry import Account, Registry
 from gateway.identity.tokens import TENANT_ID
@@ -43,6 +44,9 @@ def admin_guard(
         return await handler(request)
 
     return middleware
+
+
+_PROJECT_UNITS = (("projects", 1), ("active_projects", 1))
 
 
 class AdminApi:
@@ -111,6 +115,8 @@ class AdminApi:
         account = await self._registry.require_account(request.match_info["account_id"])
         body = await read_json(request)
         project = await self._registry.create_project(account.id, field(body, "name", str))
+        # what ops create is held like what callers create, so the tier counts it
+        await hold(self._store, self._policy.current, account.id, _PROJECT_UNITS)
         return web.json_response(project.public(), status=201)
 
     async def create_key(self, request: web.Request) -> web.Response:
@@ -139,11 +145,18 @@ class AdminApi:
             project_id=project_id,
             label=field(body, "label", str, required=False),
         )
+        await hold(self._store, policy, account.id, [(key_meter(record.kind), 1)])
         # the only time the key is ever shown: only its digest is kept
         return web.json_response({**record.public(), "key": plaintext}, status=201)
 
     async def revoke_key(self, request: web.Request) -> web.Response:
-        record = await self._registry.revoke_key(request.match_info["key_id"])
+        key_id = request.match_info["key_id"]
+        record = await self._registry.revoke_key_once(key_id)
+        if record is not None:
+            units = [(key_meter(record.kind), 1)]
+            await free(self._store, self._policy.current, record.account_id, units)
+        else:
+            record = await self._registry.revoke_key(key_id)  # already revoked: unchanged
         return web.json_response(record.public())
 
     async def usage(self, request: web.Request) -> web.Response:

@@ -152,6 +152,19 @@ class Registry:
         found: Project | None = _load(Project, await self._store.get_record("project", project_id))
         return found
 
+    async def update_project(self, project_id: str, **changes: Any) -> Project:
+        project = await self.project(project_id)
+        if project is None:
+            raise NotFound(f"no project {project_id!r}")
+        updated = dataclasses.replace(project, **changes)
+        await self._store.put_record("project", project_id, dataclasses.asdict(updated))
+        return updated
+
+    async def delete_project(self, project: Project) -> bool:
+        """Remove a project; False if it was already gone (so a count is freed only once)."""
+        await self._store.remove_member("projects", project.account_id, project.id)
+        return await self._store.delete_record("project", project.id)
+
     async def projects(self, account_id: str) -> list[Project]:
         ids = await self._store.members("projects", account_id)
         found = [await self.project(pid) for pid in ids]
@@ -214,6 +227,18 @@ class Registry:
             await self._store.put_record("key", record.digest, dataclasses.asdict(record))
             await self._changed("key", record.digest)
         return record
+
+    async def revoke_key_once(self, key_id: str) -> ApiKey | None:
+        """Revoke a live key; None if it was already revoked, even by a racing caller, so
+        whatever the key held is freed exactly once."""
+        record = await self.key(key_id)
+        if record is None:
+            raise NotFound(f"no key {key_id!r}")
+        if record.revoked_at is not None or not await self._store.put_record(
+            "key_revoked", key_id, {"at": self._clock.now()}, only_if_absent=True
+        ):
+            return None
+        return await self.revoke_key(key_id)
 
     async def keys(self, account_id: str) -> list[ApiKey]:
         found = [await self.key(key_id) for key_id in await self._store.members("keys", account_id)]

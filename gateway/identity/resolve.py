@@ -9,10 +9,11 @@ from multidict import CIMultiDictProxy
 
 from gateway.errors import Unauthenticated
 from gateway.identity.registry import Registry, org_account_id
+from gateway.identity.sessions import SESSION_TOKEN, Sessions
 from gateway.identity.tokens import JwtVerifier
 from gateway.policy.model import Policy
 
-CredentialKind = Literal["user", "project", "jwt"]
+CredentialKind = Literal["user", "project", "jwt", "session"]
 _MAX_CREDENTIAL = 8192
 
 
@@ -47,9 +48,15 @@ def credential_from(headers: CIMultiDictProxy[str]) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, registry: Registry, verifier: JwtVerifier | None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        verifier: JwtVerifier | None,
+        sessions: Sessions | None = None,
+    ) -> None:
         self._registry = registry
         self._verifier = verifier
+        self._sessions = sessions
 
     async def identify(self, policy: Policy, credential: str) -> Identity:
         key_type = policy.key_type(credential)
@@ -69,6 +76,18 @@ class Authenticator:
                 kind=key_type.kind,
                 project_id=key.project_id,
                 key_id=key.id,
+                organization_id=account.organization_id,
+            )
+        if self._sessions is not None and SESSION_TOKEN.fullmatch(credential):
+            session = await self._sessions.resolve(credential)
+            account = None if session is None else await self._registry.account(session.account_id)
+            if session is None or account is None:
+                raise Unauthenticated("unknown, expired or revoked session")
+            return Identity(
+                account_id=account.id,
+                tier=account.tier,
+                kind="session",
+                key_id=session.id,
                 organization_id=account.organization_id,
             )
         if credential.count(".") == 2 and self._verifier is not None and self._verifier.enabled:

@@ -58,8 +58,9 @@ def check_gates(policy: Policy, tier: Tier, route: Route) -> None:
         )
     for feature in route.features:
         if feature not in tier.features:
+            # the cheapest tier that allows the request: every feature it needs, not just this one
             upgrade = policy.cheapest_tier(
-                lambda t, f=feature: t.rank > tier.rank and f in t.features
+                lambda t: t.rank > tier.rank and all(f in t.features for f in route.features)
             )
             variables = {
                 "route": route.name,

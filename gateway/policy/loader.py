@@ -426,6 +426,7 @@ def _routes(
                 "deny_tiers",
                 "project_param",
                 "refund",
+                "answer",
             },
             required={"name", "path"},
         )
@@ -477,6 +478,11 @@ def _routes(
         refund_node = item.get("refund", "unanswered")
         assert refund_node is not None
         refund = refund_node.str(choices=("unanswered", "never"))
+        answer = None
+        if (answer_node := item.get("answer")) is not None:
+            answer = answer_node.str(max_len=63)
+            if not _ROUTE_NAME.fullmatch(answer):
+                raise answer_node.fail("a handler name is lowercase letters, digits, '_' and '-'")
         routes.append(
             Route(
                 name=name,
@@ -490,6 +496,7 @@ def _routes(
                 deny_tiers=frozenset(deny),
                 project_param=project_param,
                 refund=cast(Any, refund),
+                answer=answer,
             )
         )
     return tuple(routes)

@@ -76,6 +76,8 @@ class Route:
     deny_tiers: frozenset[str]
     project_param: str | None
     refund: Refund
+    # the gateway's own handler that answers instead of the upstream (provisioning, tiers, ...)
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,262 @@
+"""Upgrades through Stripe: Checkout against a local stand-in for Stripe's API, and signed
+webhooks that move the tier once per event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.api.stripe import sign
+from gateway.settings import StripeSettings
+from tests.conftest import GatewayFactory, Harness
+from tests.test_agentidp_tiers import status, token
+
+SECRET_KEY = "sk_test_gateway_0123456789"
+WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
+PRICES = (("pro", "price_pro_monthly"), ("enterprise", "price_enterprise_monthly"))
+
+
+@dataclass
+class FakeStripe:
+    """Answers POST /v1/checkout/sessions like Stripe, after checking what Stripe checks."""
+
+    forms: list[dict[str, str]] = field(default_factory=list)
+    fail: bool = False
+
+    async def create(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
+            return web.json_response({"error": {"type": "invalid_request_error"}}, status=401)
+        if request.content_type != "application/x-www-form-urlencoded":
+            return web.json_response({"error": {"message": "form-encoded only"}}, status=400)
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.forms.append(form)
+        if self.fail:
+            return web.json_response({"error": {"message": "card declined"}}, status=402)
+        number = len(self.forms)
+        return web.json_response(
+            {
+                "id": f"cs_test_{number}",
+                "object": "checkout.session",
+                "url": f"https://checkout.stripe.com/c/pay/cs_test_{number}",
+                "metadata": {
+                    k[len("metadata[") : -1]: v for k, v in form.items() if k.startswith("metadata")
+                },
+            }
+        )
+
+
+@pytest.fixture
+async def stripe(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> FakeStripe:
+    fake = FakeStripe()
+    app = web.Application()
+    app.router.add_post("/v1/checkout/sessions", fake.create)
+    server = await aiohttp_server(app)
+    monkeypatch.setenv("GATEWAY_STRIPE_API_BASE", str(server.make_url("")))
+    monkeypatch.setenv("GATEWAY_STRIPE_SECRET_KEY", SECRET_KEY)
+    monkeypatch.setenv("GATEWAY_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    return fake
+
+
+async def agentidp(make_gateway: GatewayFactory) -> Harness:
+    return await make_gateway("agentidp", stripe=StripeSettings(prices=PRICES))
+
+
+def completed(event_id: str, organization_id: str, tier: str) -> bytes:
+    event = {
+        "id": event_id,
+        "object": "event",
+        "type": "checkout.session.completed",
+        "data": {
+            "object": {
+                "id": "cs_test_1",
+                "object": "checkout.session",
+                "payment_status": "paid",
+                "client_reference_id": organization_id,
+                "metadata": {"organization_id": organization_id, "target_tier": tier},
+            }
+        },
+    }
+    return json.dumps(event).encode()
+
+
+async def deliver(
+    gw: Harness, payload: bytes, *, at: float | None = None, signature: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    timestamp = int(gw.clock.now() if at is None else at)
+    header = signature or f"t={timestamp},v1={sign(WEBHOOK_SECRET, timestamp, payload)}"
+    resp = await gw.client.post(
+        "/api/v1/webhooks/stripe",
+        data=payload,
+        headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+    )
+    return resp.status, await resp.json()
+
+
+async def test_upgrade_creates_a_checkout_session(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    resp = await gw.client.post(
+        "/api/v1/tiers/upgrade", json={"target_tier": "pro"}, headers=token("org-1")
+    )
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"checkoutUrl": "https://checkout.stripe.com/c/pay/cs_test_1"}
+    form = stripe.forms[0]
+    assert form["mode"] == "subscription"
+    assert form["line_items[0][price]"] == "price_pro_monthly"
+    assert form["line_items[0][quantity]"] == "1"
+    assert form["metadata[organization_id]"] == "org-1"
+    assert form["metadata[target_tier]"] == "pro"
+    assert form["client_reference_id"] == "org-1"
+    assert form["success_url"] and form["cancel_url"]
+    # nothing changes until Stripe says it was paid
+    assert (await status(gw, token("org-1")))["tier"] == "free"
+
+
+async def test_stripe_refusing_a_checkout_is_a_502(
+    make_gateway: GatewayFactory, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = await agentidp(make_gateway)
+    stripe.fail = True
+    resp = await gw.client.post(
+        "/api/v1/tiers/upgrade", json={"target_tier": "pro"}, headers=token()
+    )
+    assert resp.status == 502
+    body = await resp.json()
+    assert body["code"] == "UPSTREAM_UNAVAILABLE"
+    assert "declined" not in json.dumps(body)  # Stripe's words stay in the log
+    # a wrong secret key is refused by Stripe, and so by us
+    stripe.fail = False
+    monkeypatch.setenv("GATEWAY_STRIPE_SECRET_KEY", "sk_test_wrong")
+    resp = await gw.client.post(
+        "/api/v1/tiers/upgrade", json={"target_tier": "pro"}, headers=token()
+    )
+    assert resp.status == 502
+    assert len(stripe.forms) == 1  # only the first reached the form check
+
+
+async def test_upgrade_without_stripe_configured_is_a_503(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_STRIPE_SECRET_KEY", raising=False)
+    gw = await agentidp(make_gateway)
+    resp = await gw.client.post(
+        "/api/v1/tiers/upgrade", json={"target_tier": "pro"}, headers=token()
+    )
+    assert resp.status == 503
+    assert (await resp.json())["code"] == "PAYMENTS_NOT_CONFIGURED"
+
+
+async def test_signed_webhook_upgrades_the_organisation(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    headers = token("org-pay")
+    assert (await gw.client.post("/api/v1/agents", headers=headers)).status == 200
+    status_code, body = await deliver(gw, completed("evt_1", "org-pay", "pro"))
+    assert status_code == 200
+    assert body["applied"] is True
+    after = await status(gw, headers)
+    assert after["tier"] == "pro"
+    assert after["limits"] == {"maxAgents": 100, "maxCallsPerDay": 50000, "maxTokensPerDay": 50000}
+    assert after["usage"]["agentCount"] == 1  # usage carries over
+    # the new tier is what the proxy enforces at once
+    resp = await gw.client.get("/api/v1/things", headers=headers)
+    assert gw.upstream.requests[-1].headers["X-Gateway-Tier"] == "pro"
+    assert resp.headers["RateLimit-Limit"] == "50000"
+
+    # a replay of the same event changes nothing, even after ops moved the org
+    resp = await gw.admin.put(
+        "/admin/accounts/org:org-pay/tier", json={"tier": "free"}, headers=gw.admin_headers
+    )
+    assert resp.status == 200
+    status_code, body = await deliver(gw, completed("evt_1", "org-pay", "pro"))
+    assert (status_code, body["applied"]) == (200, False)
+    assert (await status(gw, headers))["tier"] == "free"
+    # a new event id is a new payment
+    status_code, body = await deliver(gw, completed("evt_2", "org-pay", "enterprise"))
+    assert (status_code, body["applied"]) == (200, True)
+    assert (await status(gw, headers))["tier"] == "enterprise"
+
+
+async def test_several_v1_signatures_one_valid(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    payload = completed("evt_roll", "org-roll", "pro")
+    t = int(gw.clock.now())
+    good = sign(WEBHOOK_SECRET, t, payload)
+    header = f"t={t},v1={sign('whsec_old_secret', t, payload)},v1={good},v0=ignored"
+    status_code, body = await deliver(gw, payload, signature=header)
+    assert (status_code, body["applied"]) == (200, True)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["wrong secret", "tampered payload", "no signature", "stale", "future", "garbage header"],
+)
+async def test_bad_webhooks_are_refused(
+    make_gateway: GatewayFactory, stripe: FakeStripe, case: str
+) -> None:
+    gw = await agentidp(make_gateway)
+    payload = completed("evt_bad", "org-bad", "pro")
+    now = int(gw.clock.now())
+    header = {
+        "wrong secret": f"t={now},v1={sign('whsec_wrong', now, payload)}",
+        "tampered payload": f"t={now},v1={sign(WEBHOOK_SECRET, now, payload + b' ')}",
+        "no signature": f"t={now}",
+        "stale": f"t={now - 301},v1={sign(WEBHOOK_SECRET, now - 301, payload)}",
+        "future": f"t={now + 301},v1={sign(WEBHOOK_SECRET, now + 301, payload)}",
+        "garbage header": "nonsense",
+    }[case]
+    status_code, body = await deliver(gw, payload, signature=header)
+    assert (status_code, body["code"]) == (400, "SIGNATURE_INVALID")
+    assert (await status(gw, token("org-bad")))["tier"] == "free"
+    # a refused event was not recorded: the genuine delivery still applies
+    status_code, body = await deliver(gw, payload)
+    assert (status_code, body["applied"]) == (200, True)
+
+
+async def test_timestamps_inside_the_tolerance_are_accepted(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    now = gw.clock.now()
+    status_code, _ = await deliver(gw, completed("evt_old", "org-a", "pro"), at=now - 300)
+    assert status_code == 200
+    status_code, _ = await deliver(gw, completed("evt_new", "org-b", "pro"), at=now + 300)
+    assert status_code == 200
+
+
+async def test_events_that_change_nothing(make_gateway: GatewayFactory, stripe: FakeStripe) -> None:
+    gw = await agentidp(make_gateway)
+    # an unknown tier, another event type, an unpaid session: verified, acknowledged, no-ops
+    status_code, body = await deliver(gw, completed("evt_u", "org-n", "platinum"))
+    assert (status_code, body["applied"]) == (200, False)
+    other = json.dumps({"id": "evt_o", "type": "invoice.paid", "data": {"object": {}}}).encode()
+    status_code, body = await deliver(gw, other)
+    assert (status_code, body["applied"]) == (200, False)
+    unpaid = json.loads(completed("evt_p", "org-n", "pro"))
+    unpaid["data"]["object"]["payment_status"] = "unpaid"
+    status_code, body = await deliver(gw, json.dumps(unpaid).encode())
+    assert (status_code, body["applied"]) == (200, False)
+    assert (await status(gw, token("org-n")))["tier"] == "free"
+    # a signed body that is not JSON is a 400
+    status_code, body = await deliver(gw, b"not json")
+    assert status_code == 400
+
+
+async def test_concurrent_deliveries_of_one_event_apply_once(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    payload = completed("evt_storm", "org-storm", "pro")
+    results = await asyncio.gather(*(deliver(gw, payload) for _ in range(5)))
+    assert sorted(body["applied"] for _, body in results) == [False] * 4 + [True]
+    assert all(status_code == 200 for status_code, _ in results)
+    assert (await status(gw, token("org-storm")))["tier"] == "pro"
