@@ -22,6 +22,7 @@ from yarl import URL
 from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_options
 from gateway.metering.clock import FakeClock
 from gateway.metering.memory import MemoryStore
+from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from gateway.server import GatewayRunner
 from gateway.settings import Settings
@@ -110,11 +111,31 @@ async def upstream(aiohttp_server: Any) -> Upstream:
     return state
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test module that sets ``STORES = ("memory", "redis")`` runs each test on each store."""
+    stores = getattr(metafunc.module, "STORES", None)
+    if stores and "store_kind" in metafunc.fixturenames:
+        metafunc.parametrize("store_kind", stores, indirect=True)
+
+
 @pytest.fixture
-def store_factory() -> Callable[[FakeClock], Awaitable[Store]]:
-    """How the harness gets its store; the Redis suites override this fixture."""
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "memory"))
+
+
+@pytest.fixture
+def store_factory(
+    store_kind: str, request: pytest.FixtureRequest
+) -> Callable[[FakeClock], Awaitable[Store]]:
+    """How the harness gets its store: memory, or the shared redis-server emptied for the test.
+
+    Suites with a store of their own (counting, slowed, failing) override this fixture."""
+    redis_url = request.getfixturevalue("redis_url") if store_kind == "redis" else None
 
     async def make(clock: FakeClock) -> Store:
+        if redis_url is not None:
+            # the fake clock is passed to Redis so window tests need no sleeping
+            return RedisStore(redis_url, clock=clock, timeout_ms=2000)
         return MemoryStore(clock)
 
     return make

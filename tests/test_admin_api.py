@@ -8,6 +8,9 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, GatewayFactory, Harness
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 async def admin(
     gw: Harness, method: str, path: str, *, token: str | None = ADMIN_TOKEN, **kwargs: Any

@@ -6,6 +6,9 @@ from typing import Any
 
 from tests.conftest import GatewayFactory, Harness, org_headers, utc
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 DAY_END = utc(2026, 11, 25, 23, 59, 59)
 NEXT_DAY = utc(2026, 11, 26)
 

@@ -9,6 +9,9 @@ import jwt
 
 from tests.conftest import JWT_SECRET, GatewayFactory, Harness
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 def token(organization_id: str | None = "org-1", **claims: Any) -> dict[str, str]:
     payload: dict[str, Any] = {"sub": "agent-1", "exp": int(time.time()) + 3600, **claims}

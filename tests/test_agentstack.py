@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from tests.conftest import GatewayFactory
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 ANON_429 = {
     "error": "Limit exceeded",
     "reason": "Anonymous user limit exceeded",

@@ -8,6 +8,9 @@ from typing import Any
 
 from tests.conftest import GatewayFactory
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 RACERS = 500
 LEFT = 50
 

@@ -15,6 +15,9 @@ from tests.test_agentstack import (
     seed_fields,
 )
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 PASSWORD = "correct horse battery"
 
 

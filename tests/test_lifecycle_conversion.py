@@ -10,6 +10,9 @@ import pytest
 from tests.conftest import GatewayFactory, Harness
 from tests.test_lifecycle_anonymous import PASSWORD, bearer, provision
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 CONVERT = "/api/auth/convert-anonymous"
 
 

@@ -8,6 +8,9 @@ import pytest
 from tests.conftest import GatewayFactory
 from tests.test_agentstack import ANON_403_PAYMENTS, seed_fields
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 TIERS = ("anonymous", "free", "starter", "basic", "pro", "premium", "enterprise")
 
 # (path, cheapest tier with the feature), read from seed 001's per-tier feature lists

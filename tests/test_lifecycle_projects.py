@@ -9,6 +9,9 @@ from typing import Any
 from tests.conftest import GatewayFactory, Harness
 from tests.test_lifecycle_anonymous import bearer
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 async def session_for(gw: Harness, tier: str) -> tuple[str, dict[str, str]]:
     """A registered account on ``tier``, and headers carrying a user key for it."""

@@ -1,4 +1,6 @@
-"""The AgentStack flows end to end with the gateway on a real redis-server."""
+"""Redis-only behaviour end to end: one command per warm request, cross-process invalidation.
+
+The AgentStack and lifecycle flows themselves run on Redis through their modules' STORES."""
 
 from __future__ import annotations
 
@@ -12,20 +14,6 @@ from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from tests.conftest import GatewayFactory
 from tests.redis_servers import RedisServer
-from tests.test_agentstack import (
-    test_anonymous_key_is_held_at_1000_logic_engine_calls,
-    test_free_key_is_held_at_10000_logic_engine_calls,
-    test_live_counts_rise_on_2xx_and_fall_on_delete,
-    test_rate_limit_headers_name_the_tightest_meter,
-)
-
-# collected again here, now running on Redis through the store_factory below
-__all__ = [
-    "test_anonymous_key_is_held_at_1000_logic_engine_calls",
-    "test_free_key_is_held_at_10000_logic_engine_calls",
-    "test_live_counts_rise_on_2xx_and_fall_on_delete",
-    "test_rate_limit_headers_name_the_tightest_meter",
-]
 
 
 @pytest.fixture

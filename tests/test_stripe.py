@@ -16,6 +16,9 @@ from gateway.settings import StripeSettings
 from tests.conftest import GatewayFactory, Harness
 from tests.test_agentidp_tiers import status, token
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 SECRET_KEY = "sk_test_gateway_0123456789"
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 PRICES = (("pro", "price_pro_monthly"), ("enterprise", "price_enterprise_monthly"))

@@ -13,6 +13,9 @@ from gateway.metering import windows
 from gateway.metering.windows import window
 from tests.conftest import GatewayFactory, Harness, org_headers, utc
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 DAY = 86_400
 
 
