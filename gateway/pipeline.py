@@ -20,6 +20,7 @@ from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER
+from gateway.metering.keys import meter_key
 from gateway.metering.store import Decision, Store
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -183,11 +184,19 @@ class Pipeline:
         if ok and (route.release or freed):
             tier = policy.tier(identity.tier)
             project_id = decide.project_scope(route, identity, params)
-            costs = [*route.release, *((m, c) for m, c in freed if m in policy.meters)]
+            costs = [
+                *route.release,
+                *(
+                    (m, c)
+                    for m, c in freed
+                    if m in policy.meters and policy.meters[m].kind == "gauge"
+                ),
+            ]
             released = decide.charges(policy, tier, identity.account_id, project_id, costs)
-            states = await self._store.peek(identity.account_id, released)
+            # only live counts are released, and their keys have no window: no lookup needed
             giveback.extend(
-                (state.key, charge.cost) for state, charge in zip(states, released, strict=True)
+                (meter_key(identity.account_id, c.meter, c.scope_id, None), c.cost)
+                for c in released
             )
         if giveback:
             await self._store.release(identity.account_id, giveback)
