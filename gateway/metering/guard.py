@@ -10,6 +10,10 @@ and one background probe pings it with exponential backoff until it answers. Whi
   of an account per outage in this process, counted here and written back to the store (as
   unlimited charges, so they add to the shared count) before it is marked healthy again.
 
+A command cut off by its budget may still have been applied by Redis after all (a frozen
+server reads it later), so a request refused then can have been counted: an outage can
+over-count by the requests in flight when it began, never under-count.
+
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
 ``gateway_store_degraded`` gauge shows the state.
@@ -91,7 +95,10 @@ class GuardedStore:
             self._backoff = min(self._backoff * 2, self._max_backoff)
             try:
                 await self.inner.ping()
-                await self._write_back()
+                # until nothing is left: requests decided during an await add to the ledger,
+                # and between the last check and "healthy" below nothing else can run
+                while self._ledger or self._releases:
+                    await self._write_back()
             except StoreUnavailable as exc:
                 self._reason = exc.message
                 continue
@@ -102,20 +109,33 @@ class GuardedStore:
             return
 
     async def _write_back(self) -> None:
-        """Add what was admitted locally to the shared counts, then apply pending refunds."""
+        """Add what was admitted locally to the shared counts, then apply pending refunds.
+
+        Requests keep being decided locally while this runs, so written units are subtracted
+        from the ledger rather than the ledger cleared, and refunds are taken as a batch.
+        """
         by_account: dict[str, list[tuple[_LedgerKey, Charge]]] = {}
-        for entry, units in self._ledger.items():
+        for entry, units in list(self._ledger.items()):
             account_id, meter, scope_id, period = entry
             charge = Charge(meter, scope_id, period, units, None)
             by_account.setdefault(account_id, []).append((entry, charge))
         for account_id, items in by_account.items():
             await self.inner.consume(account_id, [charge for _, charge in items])
-            for entry, _ in items:
-                del self._ledger[entry]
-        while self._releases:
-            account_id, key, cost = self._releases[-1]
-            await self.inner.release(account_id, [(key, cost)])
-            self._releases.pop()
+            for entry, charge in items:
+                left = self._ledger[entry] - charge.cost
+                if left > 0:
+                    self._ledger[entry] = left
+                else:
+                    del self._ledger[entry]
+        pending, self._releases = self._releases, []
+        while pending:
+            account_id, key, cost = pending[-1]
+            try:
+                await self.inner.release(account_id, [(key, cost)])
+            except StoreUnavailable:
+                self._releases[:0] = pending
+                raise
+            pending.pop()
 
     def _refusal(self) -> StoreUnavailable:
         retry_after = max(math.ceil(self._backoff), 1)
