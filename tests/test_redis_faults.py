@@ -160,3 +160,27 @@ async def test_fail_open_serves_a_bounded_allowance_and_reconciles_the_count(
     assert resp.status == 200
     assert resp.headers["RateLimit-Remaining"] == str(1000 - 32)
     print("\nfail-open: 30 admitted on the local allowance, reconciled to 32 used after recovery")
+
+
+async def test_redis_out_of_memory_fails_closed_and_recovers(
+    make_gateway: GatewayFactory, own_redis: RedisServer
+) -> None:
+    gw = await make_gateway(identity_cache_ttl_seconds=300.0)
+    headers = await gw.caller("anonymous")
+    assert (await gw.client.post("/api/logic/run/warm", headers=headers)).status == 200
+    admin = own_redis.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        resp = await gw.client.post("/api/logic/run/oom", headers=headers)
+        assert resp.status == 503
+        assert (await resp.json())["code"] == "STORE_UNAVAILABLE"
+        assert gw.upstream.count("/api/logic/") == 1
+    finally:
+        admin.config_set("maxmemory", "0")
+
+    async def admitted() -> bool:
+        return (await gw.client.post("/api/logic/run/again", headers=headers)).status == 200
+
+    await eventually(admitted)
+    assert gw.upstream.count("/api/logic/") == 2
