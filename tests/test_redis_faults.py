@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.metering.clock import FakeClock
+from gateway.metering.keys import meter_key
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from tests.conftest import GatewayFactory, Harness
@@ -184,3 +185,55 @@ async def test_redis_out_of_memory_fails_closed_and_recovers(
 
     await eventually(admitted)
     assert gw.upstream.count("/api/logic/") == 2
+
+
+async def test_redis_killed_mid_load_fail_open_keeps_serving_and_reconciles(
+    make_gateway: GatewayFactory, own_redis: RedisServer
+) -> None:
+    gw = await make_gateway(
+        store_failure_mode="open", store_fail_open_allowance=900, identity_cache_ttl_seconds=300.0
+    )
+    account = await gw.account("anonymous")
+    headers = {"Authorization": f"Bearer {await gw.key(account)}"}
+    outcomes: list[tuple[int, float, bool]] = []  # status, seconds, degraded-marked
+    stop = asyncio.Event()
+
+    async def client(n: int) -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            resp, seconds = await timed(gw, f"/api/logic/run/{n}-{i}", headers)
+            outcomes.append((resp.status, seconds, "X-Gateway-Degraded" in resp.headers))
+
+    def degraded_admitted() -> int:
+        return sum(1 for status, _, marked in outcomes if status == 200 and marked)
+
+    async def until(check: Callable[[], bool]) -> None:
+        async with asyncio.timeout(15):
+            while not check():
+                await asyncio.sleep(0.01)
+
+    clients = [asyncio.create_task(client(n)) for n in range(8)]
+    try:
+        await until(lambda: len(outcomes) >= 40)
+        own_redis.kill()
+        await until(lambda: degraded_admitted() >= 60)
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+
+    assert {status for status, _, _ in outcomes} == {200}
+    slowest = max(seconds for _, seconds, _ in outcomes)
+    assert slowest < WITHIN_BUDGET
+    assert gw.upstream.count("/api/logic/") == len(outcomes)
+
+    own_redis.start()  # empty, no scripts: the write-back meets NOSCRIPT and reloads
+    await eventually(lambda: ready(gw))
+    key = meter_key(account, "logic_engine_calls", account, "2026-11")
+    written_back = int(own_redis.client().get(key) or 0)
+    print(
+        f"\nfail-open, Redis killed mid-load: {len(outcomes)} admitted, "
+        f"{degraded_admitted()} on the local allowance, {written_back} written back after "
+        f"restart; slowest decision {slowest * 1000:.0f} ms"
+    )
+    assert written_back == degraded_admitted()

@@ -264,9 +264,19 @@ class RedisStore:
         await self._run(lambda: self._client.publish(channel, message))
 
     async def listen(self, channel: str) -> AsyncIterator[str]:
-        pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._listener.pubsub()
+
+        async def subscribed() -> None:
+            await pubsub.subscribe(channel)
+            # only once Redis confirms is every later PUBLISH certain to reach us
+            while True:
+                message = await pubsub.get_message(timeout=self._budget)
+                if message is not None and message.get("type") == "subscribe":
+                    return
+
         try:
-            await self._run(lambda: pubsub.subscribe(channel))
+            await self._run(subscribed)
+            yield ""
             while True:
                 try:
                     # a read that waits for messages must not be cut by the command budget
