@@ -220,15 +220,26 @@ async def test_without_a_clock_windows_come_from_redis_server_time(redis_url: st
     assert state.reset_at == reset_at
 
 
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_scripts_flushed_behind_the_stores_back_are_reloaded(
-    redis_server: RedisServer, redis_url: str, clock: FakeClock
+    backend: str, request: pytest.FixtureRequest, clock: FakeClock
 ) -> None:
-    store = RedisStore(redis_url, clock=clock)
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        nodes = [request.getfixturevalue("redis_server")]
+    else:
+        url = request.getfixturevalue("cluster_url")
+        nodes = request.getfixturevalue("redis_cluster").nodes
+    store = RedisStore(url, clock=clock)
+    accounts = [str(n) for n in range(6)]  # spread over every primary of the cluster
     try:
-        assert (await store.consume("42", [calls(2)])).admitted
-        redis_server.client().script_flush()
-        assert (await store.consume("42", [calls(2)])).admitted
-        assert not (await store.consume("42", [calls(2)])).admitted
+        for account in accounts:
+            assert (await store.consume(account, [calls(2)])).admitted
+        for node in nodes:
+            node.client().script_flush()  # what a restart or a failover does
+        for account in accounts:
+            assert (await store.consume(account, [calls(2)])).admitted
+            assert not (await store.consume(account, [calls(2)])).admitted
     finally:
         await store.close()
 
