@@ -40,7 +40,7 @@ class Gateway:
     settings: Settings
     clock: Clock
     policy: PolicyHolder
-    store: Store
+    store: GuardedStore
     registry: Registry
     metrics: Metrics
     authenticator: Authenticator

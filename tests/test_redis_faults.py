@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ from gateway.metering.clock import FakeClock
 from gateway.metering.keys import meter_key
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
-from tests.conftest import GatewayFactory, Harness
+from gateway.policy.loader import load_policy
+from gateway.policy.source import ConfigError
+from tests.conftest import POLICIES, GatewayFactory, Harness
 from tests.redis_servers import RedisServer
 
 BUDGET_MS = 200
@@ -237,3 +240,46 @@ async def test_redis_killed_mid_load_fail_open_keeps_serving_and_reconciles(
         f"restart; slowest decision {slowest * 1000:.0f} ms"
     )
     assert written_back == degraded_admitted()
+
+
+def policy_with_enterprise_mode(tmp_path: Path, mode: str) -> Path:
+    """agentstack.yaml with ``store_failure_mode`` set on its enterprise tier."""
+    text = (POLICIES / "agentstack.yaml").read_text()
+    assert "\n  enterprise:\n" in text
+    text = text.replace(
+        "\n  enterprise:\n", f"\n  enterprise:\n    store_failure_mode: {mode}\n", 1
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+async def test_a_tier_can_fail_open_while_the_gateway_fails_closed(
+    make_gateway: GatewayFactory, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    policy = policy_with_enterprise_mode(tmp_path, "open")
+    gw = await make_gateway(str(policy.with_suffix("")), identity_cache_ttl_seconds=300.0)
+    anonymous = await gw.caller("anonymous")
+    enterprise = await gw.caller("enterprise", "ask_")
+    for headers in (anonymous, enterprise):
+        assert (await gw.client.get("/api/logic/warm", headers=headers)).status == 200
+
+    own_redis.freeze()
+    try:
+        assert (await gw.admin.get("/readyz")).status == 503
+        resp = await gw.client.get("/api/logic/x", headers=anonymous)
+        assert resp.status == 503
+        resp = await gw.client.get("/api/logic/x", headers=enterprise)
+        assert resp.status == 200
+        assert resp.headers["X-Gateway-Degraded"] == "fail-open"
+    finally:
+        own_redis.thaw()
+
+
+def test_a_tiers_failure_mode_is_checked_with_its_place(tmp_path: Path) -> None:
+    policy = policy_with_enterprise_mode(tmp_path, "sometimes")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(policy)
+    message = str(caught.value)
+    assert "tiers.enterprise.store_failure_mode" in message
+    assert "policy.yaml:" in message

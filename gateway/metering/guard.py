@@ -4,6 +4,9 @@
 connection, an OOM answer) marks the store degraded; from then on no request touches it,
 and one background probe pings it with exponential backoff until it answers. While degraded:
 
+The mode is the gateway's ``store_failure_mode`` unless the caller's tier names its own
+(``store_failure_mode`` on a tier in the policy):
+
 - ``closed`` (the default): every metered request is refused with 503 ``STORE_UNAVAILABLE``
   and a ``Retry-After`` of the next probe, so no call is admitted uncounted;
 - ``open``: requests are admitted on a local allowance, at most ``allowance`` units per meter
@@ -26,7 +29,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
@@ -34,12 +37,11 @@ from gateway.metering.keys import meter_key
 from gateway.metering.store import Charge, Decision, MeterState, Store
 from gateway.metering.windows import window
 from gateway.metrics import Metrics
-from gateway.policy.model import Period
+from gateway.policy.model import FailureMode, Period
 
 log = logging.getLogger("gateway")
 
 T = TypeVar("T")
-FailureMode = Literal["closed", "open"]
 DEGRADED_HEADER = "X-Gateway-Degraded"
 # releases kept for write-back during one outage; past this, refunds are dropped (logged)
 _MAX_PENDING_RELEASES = 100_000
@@ -157,13 +159,20 @@ class GuardedStore:
 
     # -- metering ---------------------------------------------------------------------------
 
-    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+    async def consume(
+        self,
+        account_id: str,
+        charges: Sequence[Charge],
+        *,
+        failure_mode: FailureMode | None = None,
+    ) -> Decision:
+        """As Store.consume; ``failure_mode`` overrides the default (a tier's own choice)."""
         if not self.degraded:
             try:
                 return await self.inner.consume(account_id, charges)
             except StoreUnavailable as exc:
                 self._trip(exc)
-        if self._mode == "closed":
+        if (failure_mode or self._mode) == "closed":
             self._count("refused_closed")
             raise self._refusal()
         return self._consume_locally(account_id, charges)
