@@ -6,9 +6,10 @@ Store URLs (``--store``)::
     rediss://[:password@]host:port/db         the same over TLS; add ?ssl_ca_certs=/ca.pem
                                               for a private CA
     unix:///path/to/redis.sock?db=0           a single server on a unix socket
-    redis+sentinel://host:port,host:port/service_name/db
-                                              the primary Sentinel names ``service_name``;
-                                              failovers are followed by redis-py
+    redis+sentinel://[:password@]host:port,host:port/service_name/db
+                                              the primary the sentinels name ``service_name``
+                                              (the password is the primary's); failovers
+                                              are followed by redis-py
     redis+cluster://host:port,host:port       a Redis Cluster, from any of its nodes
 
 Metering runs as Lua scripts (``gateway/metering/lua/*.lua``), loaded once with SCRIPT LOAD
