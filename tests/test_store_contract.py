@@ -220,6 +220,29 @@ async def test_without_a_clock_windows_come_from_redis_server_time(redis_url: st
     assert state.reset_at == reset_at
 
 
+async def test_lua_windows_agree_with_python_on_calendar_edges(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """Month and year ends, leap days (2000, 2024, not 2100), before and after the epoch."""
+    store = RedisStore(redis_url, clock=clock)
+    charges = [calls(None), Charge("daily", "42", "day", 1, None)]
+    instants = []
+    for year in (1970, 1999, 2000, 2024, 2026, 2038, 2100, 2400):
+        for month in range(1, 13):
+            start = utc(year, month, 1)
+            instants += [start - 1, start, start + 0.5, start + 28 * 86400 + 86399.75]
+    try:
+        for now in instants:
+            clock.set(now)
+            states = await store.peek("42", charges)
+            for state, period in zip(states, ("month", "day"), strict=True):
+                period_id, reset_at = window(period, now)  # type: ignore[arg-type]
+                assert state.key.endswith(":" + period_id), (now, state.key)
+                assert state.reset_at == reset_at, (now, period)
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_scripts_flushed_behind_the_stores_back_are_reloaded(
     backend: str, request: pytest.FixtureRequest, clock: FakeClock
