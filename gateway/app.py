@@ -49,7 +49,7 @@ class Gateway:
     settings: Settings
     clock: Clock
     policy: PolicyHolder
-    store: Store
+    store: GuardedStore
     registry: Registry
     metrics: Metrics
     authenticator: Authenticator

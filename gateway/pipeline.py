@@ -19,9 +19,9 @@ from gateway.errors import (
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
-from gateway.metering.guard import DEGRADED_HEADER
+from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
 from gateway.metering.keys import meter_key
-from gateway.metering.store import Decision, Store
+from gateway.metering.store import Decision
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy, Route
@@ -41,7 +41,7 @@ class Pipeline:
         *,
         policy: PolicyHolder,
         authenticator: Authenticator,
-        store: Store,
+        store: GuardedStore,
         forwarder: Forwarder,
         metrics: Metrics,
         clock: Clock,
@@ -81,7 +81,9 @@ class Pipeline:
                     policy, tier, identity.account_id, project_id, route.consume
                 )
                 started = time.perf_counter()
-                decision = await self._store.consume(identity.account_id, charges)
+                decision = await self._store.consume(
+                    identity.account_id, charges, failure_mode=tier.store_failure_mode
+                )
                 self._metrics.store_seconds.labels("consume").observe(time.perf_counter() - started)
                 if not decision.admitted:
                     index = decision.refused

@@ -21,6 +21,9 @@ def test_entries_expire_after_the_ttl() -> None:
     assert cache.get("k") == "v"
     ticks.now = 5.0
     assert cache.get("k") is MISSING
+    # kept as the last known answer for when the store cannot be asked
+    assert cache.stale("k") == "v"
+    assert cache.stale("other") is MISSING
 
 
 def test_the_least_recently_used_entry_goes_first() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.metering.clock import FakeClock
+from gateway.metering.keys import INVALIDATION_CHANNEL
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from tests.conftest import GatewayFactory
@@ -47,11 +48,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0)
 
 
 async def test_a_revoked_key_and_a_new_tier_reach_every_process(
-    make_gateway: GatewayFactory,
+    make_gateway: GatewayFactory, redis_server: RedisServer
 ) -> None:
     # two gateway processes' worth of state on one Redis; caches would hold entries 300 s
     first = await make_gateway(identity_cache_ttl_seconds=300.0)
     second = await make_gateway(identity_cache_ttl_seconds=300.0)
+
+    async def both_listening() -> bool:
+        found = redis_server.client().pubsub_numsub(INVALIDATION_CHANNEL)
+        return bool(found) and int(found[0][1]) >= 2
+
+    assert await eventually(both_listening)
     account = await first.account("anonymous")
     resp = await first.admin.post(
         f"/admin/accounts/{account}/keys",

@@ -178,23 +178,14 @@ async def test_next_id_is_unique_across_clients(make_store: Make) -> None:
 
 async def test_published_messages_reach_listeners(make_store: Make) -> None:
     sender, receiver = make_store(), make_store()
-    got: list[str] = []
-    listening = asyncio.Event()
-
-    async def listen() -> None:
-        stream = receiver.listen("gw:test")
-        first = asyncio.ensure_future(anext(stream))
-        listening.set()
-        got.append(await first)
-        await stream.aclose()  # type: ignore[attr-defined]
-
-    task = asyncio.create_task(listen())
-    await listening.wait()
-    async with asyncio.timeout(5):
-        while not task.done():
+    stream = receiver.listen("gw:test")
+    try:
+        async with asyncio.timeout(5):
+            assert await anext(stream) == ""  # subscribed
             await sender.publish("gw:test", "key:abc")
-            await asyncio.sleep(0.02)
-    assert got == ["key:abc"]
+            assert await anext(stream) == "key:abc"
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
 
 
 # -- Redis only --------------------------------------------------------------------------
@@ -229,15 +220,49 @@ async def test_without_a_clock_windows_come_from_redis_server_time(redis_url: st
     assert state.reset_at == reset_at
 
 
-async def test_scripts_flushed_behind_the_stores_back_are_reloaded(
-    redis_server: RedisServer, redis_url: str, clock: FakeClock
+async def test_lua_windows_agree_with_python_on_calendar_edges(
+    redis_url: str, clock: FakeClock
 ) -> None:
+    """Month and year ends, leap days (2000, 2024, not 2100), before and after the epoch."""
     store = RedisStore(redis_url, clock=clock)
+    charges = [calls(None), Charge("daily", "42", "day", 1, None)]
+    instants = []
+    for year in (1970, 1999, 2000, 2024, 2026, 2038, 2100, 2400):
+        for month in range(1, 13):
+            start = utc(year, month, 1)
+            instants += [start - 1, start, start + 0.5, start + 28 * 86400 + 86399.75]
     try:
-        assert (await store.consume("42", [calls(2)])).admitted
-        redis_server.client().script_flush()
-        assert (await store.consume("42", [calls(2)])).admitted
-        assert not (await store.consume("42", [calls(2)])).admitted
+        for now in instants:
+            clock.set(now)
+            states = await store.peek("42", charges)
+            for state, period in zip(states, ("month", "day"), strict=True):
+                period_id, reset_at = window(period, now)  # type: ignore[arg-type]
+                assert state.key.endswith(":" + period_id), (now, state.key)
+                assert state.reset_at == reset_at, (now, period)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_scripts_flushed_behind_the_stores_back_are_reloaded(
+    backend: str, request: pytest.FixtureRequest, clock: FakeClock
+) -> None:
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        nodes = [request.getfixturevalue("redis_server")]
+    else:
+        url = request.getfixturevalue("cluster_url")
+        nodes = request.getfixturevalue("redis_cluster").nodes
+    store = RedisStore(url, clock=clock)
+    accounts = [str(n) for n in range(6)]  # spread over every primary of the cluster
+    try:
+        for account in accounts:
+            assert (await store.consume(account, [calls(2)])).admitted
+        for node in nodes:
+            node.client().script_flush()  # what a restart or a failover does
+        for account in accounts:
+            assert (await store.consume(account, [calls(2)])).admitted
+            assert not (await store.consume(account, [calls(2)])).admitted
     finally:
         await store.close()
 

@@ -7,6 +7,10 @@ tier, create an account) drops the entry in its own process at once and publishe
 expire after ``ttl`` seconds, and a listener that reconnects clears its whole cache because it
 may have missed messages. So a revoked key or a changed tier is honoured by every process
 within ``ttl`` seconds at worst (``identity_cache_ttl_seconds``, default 5).
+
+While the store is unreachable, the registry answers from expired entries too (``stale``):
+no key can be revoked nor tier changed while the store is down, so this serves only what was
+true when it went down, and lets a fail-open gateway keep identifying callers it knows.
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ class TtlCache(Generic[V]):
     def get(self, key: str) -> V | object:
         """The cached value, or ``MISSING`` (a cached value may itself be None)."""
         entry = self._entries.get(key)
-        if entry is None:
-            return _MISSING
-        if entry[0] <= self._now():
-            del self._entries[key]
+        if entry is None or entry[0] <= self._now():
+            # an expired entry stays (LRU-bounded) as the last known answer; see ``stale``
             return _MISSING
         self._entries.move_to_end(key)
         return entry[1]
+
+    def stale(self, key: str) -> V | object:
+        """The last value stored, expired or not, or ``MISSING``: for when the store is down."""
+        entry = self._entries.get(key)
+        return _MISSING if entry is None else entry[1]
 
     def put(self, key: str, value: V) -> None:
         if self._max <= 0 or self._ttl <= 0:
@@ -102,14 +109,19 @@ class IdentityCache:
 async def follow(store: Store, cache: IdentityCache, *, max_backoff: float = 5.0) -> None:
     """Apply invalidations published by every process, until cancelled; never raises."""
     backoff = 0.1
+    missed = False
     while True:
         try:
             async for message in store.listen(INVALIDATION_CHANNEL):
-                backoff = 0.1
-                cache.invalidate(message)
+                if message:
+                    cache.invalidate(message)
+                    continue
+                # subscribed; whatever was published while we were not listening is unknown
+                if missed:
+                    cache.clear()
+                backoff, missed = 0.1, False
         except StoreUnavailable as exc:
             log.warning("identity cache notifications lost (%s); retrying", exc)
-        # whatever was published while we were not listening is unknown: start afresh
-        cache.clear()
+        missed = True
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff)

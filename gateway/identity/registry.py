@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, StoreUnavailable
 from gateway.identity.cache import MISSING, IdentityCache
 from gateway.identity.keys import digest, new_key
 from gateway.metering.clock import Clock
@@ -120,7 +120,14 @@ class Registry:
         cached = self.cache.accounts.get(account_id)
         if cached is not MISSING:
             return cached if isinstance(cached, Account) else None
-        found: Account | None = _load(Account, await self._store.get_record("account", account_id))
+        try:
+            doc = await self._store.get_record("account", account_id)
+        except StoreUnavailable:
+            cached = self.cache.accounts.stale(account_id)
+            if cached is MISSING:
+                raise
+            return cached if isinstance(cached, Account) else None
+        found: Account | None = _load(Account, doc)
         self.cache.accounts.put(account_id, found)
         return found
 
@@ -202,7 +209,14 @@ class Registry:
         cached = self.cache.keys.get(key_digest)
         if isinstance(cached, ApiKey):
             return cached
-        record: ApiKey | None = _load(ApiKey, await self._store.get_record("key", key_digest))
+        try:
+            doc = await self._store.get_record("key", key_digest)
+        except StoreUnavailable:
+            stale = self.cache.keys.stale(key_digest)
+            if isinstance(stale, ApiKey):
+                return stale
+            raise
+        record: ApiKey | None = _load(ApiKey, doc)
         # only live keys are cached: an unknown key costs a lookup, but never fills the cache
         # for long and a newly issued key works at once everywhere
         if record is not None and record.revoked_at is None:

@@ -4,11 +4,18 @@
 connection, an OOM answer) marks the store degraded; from then on no request touches it,
 and one background probe pings it with exponential backoff until it answers. While degraded:
 
+The mode is the gateway's ``store_failure_mode`` unless the caller's tier names its own
+(``store_failure_mode`` on a tier in the policy):
+
 - ``closed`` (the default): every metered request is refused with 503 ``STORE_UNAVAILABLE``
   and a ``Retry-After`` of the next probe, so no call is admitted uncounted;
 - ``open``: requests are admitted on a local allowance, at most ``allowance`` units per meter
   of an account per outage in this process, counted here and written back to the store (as
   unlimited charges, so they add to the shared count) before it is marked healthy again.
+
+A command cut off by its budget may still have been applied by Redis after all (a frozen
+server reads it later), so a request refused then can have been counted: an outage can
+over-count by the requests in flight when it began, never under-count.
 
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
@@ -22,7 +29,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
@@ -30,12 +37,11 @@ from gateway.metering.keys import meter_key
 from gateway.metering.store import Charge, Decision, MeterState, Store
 from gateway.metering.windows import window
 from gateway.metrics import Metrics
-from gateway.policy.model import Period
+from gateway.policy.model import FailureMode, Period
 
 log = logging.getLogger("gateway")
 
 T = TypeVar("T")
-FailureMode = Literal["closed", "open"]
 DEGRADED_HEADER = "X-Gateway-Degraded"
 # releases kept for write-back during one outage; past this, refunds are dropped (logged)
 _MAX_PENDING_RELEASES = 100_000
@@ -91,7 +97,10 @@ class GuardedStore:
             self._backoff = min(self._backoff * 2, self._max_backoff)
             try:
                 await self.inner.ping()
-                await self._write_back()
+                # until nothing is left: requests decided during an await add to the ledger,
+                # and between the last check and "healthy" below nothing else can run
+                while self._ledger or self._releases:
+                    await self._write_back()
             except StoreUnavailable as exc:
                 self._reason = exc.message
                 continue
@@ -102,20 +111,33 @@ class GuardedStore:
             return
 
     async def _write_back(self) -> None:
-        """Add what was admitted locally to the shared counts, then apply pending refunds."""
+        """Add what was admitted locally to the shared counts, then apply pending refunds.
+
+        Requests keep being decided locally while this runs, so written units are subtracted
+        from the ledger rather than the ledger cleared, and refunds are taken as a batch.
+        """
         by_account: dict[str, list[tuple[_LedgerKey, Charge]]] = {}
-        for entry, units in self._ledger.items():
+        for entry, units in list(self._ledger.items()):
             account_id, meter, scope_id, period = entry
             charge = Charge(meter, scope_id, period, units, None)
             by_account.setdefault(account_id, []).append((entry, charge))
         for account_id, items in by_account.items():
             await self.inner.consume(account_id, [charge for _, charge in items])
-            for entry, _ in items:
-                del self._ledger[entry]
-        while self._releases:
-            account_id, key, cost = self._releases[-1]
-            await self.inner.release(account_id, [(key, cost)])
-            self._releases.pop()
+            for entry, charge in items:
+                left = self._ledger[entry] - charge.cost
+                if left > 0:
+                    self._ledger[entry] = left
+                else:
+                    del self._ledger[entry]
+        pending, self._releases = self._releases, []
+        while pending:
+            account_id, key, cost = pending[-1]
+            try:
+                await self.inner.release(account_id, [(key, cost)])
+            except StoreUnavailable:
+                self._releases[:0] = pending
+                raise
+            pending.pop()
 
     def _refusal(self) -> StoreUnavailable:
         retry_after = max(math.ceil(self._backoff), 1)
@@ -137,13 +159,20 @@ class GuardedStore:
 
     # -- metering ---------------------------------------------------------------------------
 
-    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+    async def consume(
+        self,
+        account_id: str,
+        charges: Sequence[Charge],
+        *,
+        failure_mode: FailureMode | None = None,
+    ) -> Decision:
+        """As Store.consume; ``failure_mode`` overrides the default (a tier's own choice)."""
         if not self.degraded:
             try:
                 return await self.inner.consume(account_id, charges)
             except StoreUnavailable as exc:
                 self._trip(exc)
-        if self._mode == "closed":
+        if (failure_mode or self._mode) == "closed":
             self._count("refused_closed")
             raise self._refusal()
         return self._consume_locally(account_id, charges)

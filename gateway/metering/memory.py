@@ -136,6 +136,7 @@ class MemoryStore:
         queue: asyncio.Queue[str] = asyncio.Queue()
         self._listeners.setdefault(channel, []).append(queue)
         try:
+            yield ""
             while True:
                 yield await queue.get()
         finally:

@@ -3,11 +3,13 @@
 Store URLs (``--store``)::
 
     redis://[:password@]host:port/db          a single server (db defaults to 0)
-    rediss://[:password@]host:port/db         the same over TLS
+    rediss://[:password@]host:port/db         the same over TLS; add ?ssl_ca_certs=/ca.pem
+                                              for a private CA
     unix:///path/to/redis.sock?db=0           a single server on a unix socket
-    redis+sentinel://host:port,host:port/service_name/db
-                                              the primary Sentinel names ``service_name``;
-                                              failovers are followed by redis-py
+    redis+sentinel://[:password@]host:port,host:port/service_name/db
+                                              the primary the sentinels name ``service_name``
+                                              (the password is the primary's); failovers
+                                              are followed by redis-py
     redis+cluster://host:port,host:port       a Redis Cluster, from any of its nodes
 
 Metering runs as Lua scripts (``gateway/metering/lua/*.lua``), loaded once with SCRIPT LOAD
@@ -67,8 +69,12 @@ def _addresses(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any]:
-    """The client for a store URL, and a client for pub/sub (a plain node client on Cluster)."""
+def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any, list[Any]]:
+    """The client for a store URL, a client for pub/sub, and any other clients to close.
+
+    On a Cluster pub/sub goes through a plain client of one node; with Sentinel the clients
+    that ask the sentinels for the primary are closed with the store.
+    """
     seconds = timeout_ms / 1000
     # retries stay inside the budget: the caller's asyncio.timeout bounds the whole command,
     # so a retry with backoff would only ever be cut off half way
@@ -87,7 +93,7 @@ def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any]:
             url, max_connections=_POOL_SIZE, timeout=seconds, **common
         )
         single: Any = aioredis.Redis.from_pool(pool)
-        return single, single
+        return single, single, []
     if scheme == "redis+sentinel":
         rest = url.partition("://")[2]
         hosts, _, path = rest.partition("/")
@@ -104,14 +110,14 @@ def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any]:
             **common,
         )
         primary: Any = sentinel.master_for(service)
-        return primary, primary
+        return primary, primary, list(sentinel.sentinels)
     if scheme == "redis+cluster":
         nodes = [ClusterNode(host, port) for host, port in _addresses(url.partition("://")[2])]
         cluster: Any = RedisCluster(startup_nodes=nodes, max_connections=_POOL_SIZE, **common)
         host, port = _addresses(url.partition("://")[2])[0]
         # classic PUBLISH reaches every node of a cluster, so any one node can be listened to
         listener = aioredis.Redis(host=host, port=port, **common)
-        return cluster, listener
+        return cluster, listener, [listener]
     raise ValueError(
         f"unsupported store {url!r}: expected memory, redis://, rediss://, unix://, "
         "redis+sentinel:// or redis+cluster://"
@@ -122,7 +128,7 @@ class RedisStore:
     """A Store on Redis (single server, Sentinel or Cluster); see the module docstring."""
 
     def __init__(self, url: str, *, clock: Clock | None = None, timeout_ms: int = 250) -> None:
-        self._client, self._listener = connect(url, timeout_ms=timeout_ms)
+        self._client, self._listener, self._others = connect(url, timeout_ms=timeout_ms)
         self._clock = clock
         self._budget = timeout_ms / 1000
         self._sources = {name: _script_source(name) for name in _SCRIPTS}
@@ -259,9 +265,19 @@ class RedisStore:
         await self._run(lambda: self._client.publish(channel, message))
 
     async def listen(self, channel: str) -> AsyncIterator[str]:
-        pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._listener.pubsub()
+
+        async def subscribed() -> None:
+            await pubsub.subscribe(channel)
+            # only once Redis confirms is every later PUBLISH certain to reach us
+            while True:
+                message = await pubsub.get_message(timeout=self._budget)
+                if message is not None and message.get("type") == "subscribe":
+                    return
+
         try:
-            await self._run(lambda: pubsub.subscribe(channel))
+            await self._run(subscribed)
+            yield ""
             while True:
                 try:
                     # a read that waits for messages must not be cut by the command budget
@@ -278,5 +294,5 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-        if self._listener is not self._client:
-            await self._listener.aclose()
+        for other in self._others:
+            await other.aclose()

@@ -111,8 +111,8 @@ class Store(Protocol):
     def listen(self, channel: str) -> AsyncIterator[str]:
         """Messages published on ``channel`` from now on; raises StoreUnavailable on loss.
 
-        A listener that lost its connection may have missed messages: callers treat a
-        StoreUnavailable here as "anything may have changed" and listen again.
+        Yields ``""`` first, once subscribed. A listener that lost its connection may have
+        missed messages: callers treat the next subscription as "anything may have changed".
         """
         ...
 

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from gateway.policy.model import (
     DECISIONS,
+    FailureMode,
     Feature,
     KeyType,
     Meter,
@@ -274,7 +275,8 @@ def _tier(
     route_names: set[str],
 ) -> Tier:
     node.mapping(
-        allowed={"title", "limits", "features", "attributes", "responses"}, required={"limits"}
+        allowed={"title", "limits", "features", "attributes", "responses", "store_failure_mode"},
+        required={"limits"},
     )
     limits_node = node.child("limits")
     limits: dict[str, int | None] = {}
@@ -311,6 +313,9 @@ def _tier(
         if responses_node is not None
         else {}
     )
+    mode: FailureMode | None = None
+    if (mode_node := node.get("store_failure_mode")) is not None:
+        mode = "open" if mode_node.str(choices=("closed", "open")) == "open" else "closed"
     return Tier(
         name=key,
         title=_text(node, "title", key.capitalize()),
@@ -319,6 +324,7 @@ def _tier(
         features=frozenset(enabled),
         attributes=attributes,
         responses=responses,
+        store_failure_mode=mode,
     )
 
 

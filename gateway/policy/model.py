@@ -11,6 +11,8 @@ MeterKind = Literal["counter", "gauge"]
 Period = Literal["day", "month"]
 Scope = Literal["account", "project"]
 Refund = Literal["unanswered", "never"]
+#: what a tier's requests get while the store is unreachable (see gateway/metering/guard.py)
+FailureMode = Literal["closed", "open"]
 
 #: the decision kinds a response template can be chosen for
 DECISIONS = ("quota_exceeded", "feature_unavailable", "tier_forbidden")
@@ -56,6 +58,7 @@ class Tier:
     features: frozenset[str]
     attributes: Mapping[str, str]  # display-only rows: price, support, SLA, ...
     responses: Mapping[str, Template]
+    store_failure_mode: FailureMode | None = None  # None: the gateway's store_failure_mode
 
     def limit(self, meter: str) -> int | None:
         return self.limits.get(meter)

@@ -1,5 +1,7 @@
 -- Check and consume every charge of one request, all or nothing, in one step.
 -- KEYS[i]: the base key of charge i (keys.meter_key without a period), all under one hash tag.
+-- The script reads and writes KEYS[i] .. ":" .. <window>, computed here from the clock: such a
+-- key is not declared, but it carries the same hash tag, so it lives in the same Cluster slot.
 -- ARGV[1]: now, or "" for server time; then per charge: period ("day"|"month"|""), cost,
 -- limit (-1: unlimited), ttl seconds for a new window key.
 -- Returns {admitted (1|0), refused index (0-based, -1 if admitted), then per charge:
