@@ -1,0 +1,150 @@
+"""When the upstream or the client fails: 502/504 with refunds, and streams cut cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from tests.conftest import GatewayFactory, Harness
+
+CHUNK = b"z" * 65536
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def usage(gw: Harness, account: str) -> dict[str, int]:
+    resp = await gw.admin.get(f"/admin/accounts/{account}/usage", headers=gw.admin_headers)
+    meters = (await resp.json())["meters"]
+    return {name: meters[name]["used"] for name in ("logic_engine_calls", "api_calls")}
+
+
+def decisions(gw: Harness, outcome: str) -> float:
+    value = gw.gateway.metrics.registry.get_sample_value(
+        "gateway_decisions_total", {"tier": "anonymous", "route": "logic", "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_upstream_refusing_connections_is_502_and_refunded(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = await make_gateway(upstreams=(("/", URL(f"http://127.0.0.1:{closed_port()}")),))
+    account = await gw.account("anonymous")
+    headers = {"Authorization": f"Bearer {await gw.key(account)}"}
+    resp = await gw.client.post("/api/logic/run", headers=headers)
+    assert resp.status == 502
+    body = await resp.json()
+    assert body["code"] == "UPSTREAM_UNAVAILABLE"
+    assert body["message"]
+    assert await usage(gw, account) == {"logic_engine_calls": 0, "api_calls": 0}
+
+
+async def test_upstream_too_slow_is_504_and_refunded(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(read_timeout_seconds=0.3)
+    gw.upstream.delay["/api/logic/slow"] = 1.5
+    account = await gw.account("anonymous")
+    headers = {"Authorization": f"Bearer {await gw.key(account)}"}
+    resp = await gw.client.post("/api/logic/slow", headers=headers)
+    assert resp.status == 504
+    assert (await resp.json())["code"] == "UPSTREAM_TIMEOUT"
+    assert await usage(gw, account) == {"logic_engine_calls": 0, "api_calls": 0}
+    # a prompt answer is still charged as usual
+    resp = await gw.client.post("/api/logic/fast", headers=headers)
+    assert resp.status == 200
+    assert await usage(gw, account) == {"logic_engine_calls": 1, "api_calls": 1}
+
+
+class Streamer:
+    """An upstream that streams a long body and notes how the stream ended."""
+
+    def __init__(self, *, chunks: int, fail_after: int | None = None) -> None:
+        self.chunks = chunks
+        self.fail_after = fail_after
+        self.ended = asyncio.Event()
+        self.outcome = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        try:
+            for index in range(self.chunks):
+                if index == self.fail_after:
+                    assert request.transport is not None
+                    request.transport.abort()  # the upstream dies mid-body
+                    self.outcome = "aborted"
+                    return response
+                await response.write(CHUNK)
+            await response.write_eof()
+            self.outcome = "complete"
+        except ConnectionError:
+            self.outcome = "peer closed"
+        except asyncio.CancelledError:  # aiohttp's test server cancels when the peer leaves
+            self.outcome = "peer closed"
+            raise
+        finally:
+            self.ended.set()
+        return response
+
+
+async def streaming_gateway(
+    make_gateway: GatewayFactory, aiohttp_server: Any, streamer: Streamer
+) -> tuple[Harness, dict[str, str]]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", streamer.handle)
+    server = await aiohttp_server(app)
+    gw = await make_gateway(upstreams=(("/", server.make_url("")),))
+    return gw, await gw.caller("anonymous")
+
+
+async def test_client_leaving_mid_download_is_no_error(
+    make_gateway: GatewayFactory, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    streamer = Streamer(chunks=4096)  # 256 MiB: far more than any socket buffers hold
+    gw, headers = await streaming_gateway(make_gateway, aiohttp_server, streamer)
+    with caplog.at_level(logging.DEBUG):
+        async with aiohttp.ClientSession() as session:
+            resp = await session.get(gw.client.make_url("/api/logic/download"), headers=headers)
+            assert resp.status == 200
+            assert len(await resp.content.readexactly(len(CHUNK))) == len(CHUNK)
+            resp.close()  # the client hangs up mid-body
+        # the gateway gave up on the upstream too instead of draining it for nobody
+        await asyncio.wait_for(streamer.ended.wait(), 10)
+    assert streamer.outcome == "peer closed"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    ]
+    assert decisions(gw, "client_disconnected") == 1
+    assert decisions(gw, "error") == 0
+    # and it keeps serving
+    resp = await gw.client.get("/health")
+    assert resp.status == 200
+
+
+async def test_upstream_dying_mid_body_cuts_the_client_short(
+    make_gateway: GatewayFactory, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    streamer = Streamer(chunks=64, fail_after=8)
+    gw, headers = await streaming_gateway(make_gateway, aiohttp_server, streamer)
+    with caplog.at_level(logging.INFO):
+        resp = await gw.client.get("/api/logic/download", headers=headers)
+        assert resp.status == 200
+        # the client can tell the body is incomplete: it never gets a clean end
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert streamer.outcome == "aborted"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert decisions(gw, "upstream_broken") == 1
+    resp = await gw.client.get("/health")
+    assert resp.status == 200
