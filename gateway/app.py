@@ -119,7 +119,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            # the upstream gets the client's headers, not aiohttp's defaults in their place
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         forwarder.attach(session)
