@@ -100,6 +100,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
         trusted_proxies=settings.trusted_proxies,
+        metrics=gateway.metrics,
     )
     pipeline = Pipeline(
         policy=gateway.policy,

@@ -29,6 +29,13 @@ async def usage(gw: Harness, account: str) -> dict[str, int]:
     return {name: meters[name]["used"] for name in ("logic_engine_calls", "api_calls")}
 
 
+def upstream_errors(gw: Harness, kind: str) -> float:
+    value = gw.gateway.metrics.registry.get_sample_value(
+        "gateway_upstream_errors_total", {"upstream": "/", "kind": kind}
+    )
+    return value or 0.0
+
+
 def decisions(gw: Harness, outcome: str) -> float:
     value = gw.gateway.metrics.registry.get_sample_value(
         "gateway_decisions_total", {"tier": "anonymous", "route": "logic", "outcome": outcome}
@@ -48,6 +55,7 @@ async def test_upstream_refusing_connections_is_502_and_refunded(
     assert body["code"] == "UPSTREAM_UNAVAILABLE"
     assert body["message"]
     assert await usage(gw, account) == {"logic_engine_calls": 0, "api_calls": 0}
+    assert upstream_errors(gw, "refused") == 1
 
 
 async def test_upstream_too_slow_is_504_and_refunded(make_gateway: GatewayFactory) -> None:
@@ -59,10 +67,15 @@ async def test_upstream_too_slow_is_504_and_refunded(make_gateway: GatewayFactor
     assert resp.status == 504
     assert (await resp.json())["code"] == "UPSTREAM_TIMEOUT"
     assert await usage(gw, account) == {"logic_engine_calls": 0, "api_calls": 0}
+    assert upstream_errors(gw, "timeout") == 1
     # a prompt answer is still charged as usual
     resp = await gw.client.post("/api/logic/fast", headers=headers)
     assert resp.status == 200
     assert await usage(gw, account) == {"logic_engine_calls": 1, "api_calls": 1}
+    answered = gw.gateway.metrics.registry.get_sample_value(
+        "gateway_upstream_duration_seconds_count", {"upstream": "/"}
+    )
+    assert answered == 1
 
 
 class Streamer:
@@ -126,6 +139,7 @@ async def test_client_leaving_mid_download_is_no_error(
     ]
     assert decisions(gw, "client_disconnected") == 1
     assert decisions(gw, "error") == 0
+    assert upstream_errors(gw, "broken") == 0  # the client left; the upstream did nothing wrong
     # and it keeps serving
     resp = await gw.client.get("/health")
     assert resp.status == 200
@@ -146,5 +160,6 @@ async def test_upstream_dying_mid_body_cuts_the_client_short(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert decisions(gw, "upstream_broken") == 1
+    assert upstream_errors(gw, "broken") == 1
     resp = await gw.client.get("/health")
     assert resp.status == 200

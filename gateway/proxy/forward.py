@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import Metrics
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -52,6 +54,9 @@ class Upstreams:
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self._by_length = sorted(upstreams, key=lambda u: -len(u.prefix))
 
+    def __iter__(self) -> Iterator[Upstream]:
+        return iter(self._by_length)
+
     def pick(self, path: str) -> Upstream | None:
         for upstream in self._by_length:
             if upstream.serves(path):
@@ -63,6 +68,16 @@ class _BodyLimit(Exception):
     """Raised inside the upload stream when the body passes the limit."""
 
 
+class _Observed:
+    """One upstream's metric children, bound once so a request pays no label lookup."""
+
+    def __init__(self, metrics: Metrics, label: str) -> None:
+        self.seconds = metrics.upstream_seconds.labels(label)
+        self.refused = metrics.upstream_errors.labels(label, "refused")
+        self.timeout = metrics.upstream_errors.labels(label, "timeout")
+        self.broken = metrics.upstream_errors.labels(label, "broken")
+
+
 class Forwarder:
     def __init__(
         self,
@@ -72,9 +87,12 @@ class Forwarder:
         connect_timeout: float,
         read_timeout: float,
         trusted_proxies: Sequence[IpNetwork] = (),
+        metrics: Metrics,
     ) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._upstreams = upstreams
+        # labelled by path prefix: bounded by the config, and free of any credentials in URLs
+        self._observed = {u.prefix: _Observed(metrics, u.prefix) for u in upstreams}
         self._max_body = max_body_bytes
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -121,6 +139,8 @@ class Forwarder:
         if self._session is None:
             raise RuntimeError("Forwarder used before the app started")
         url = upstream.url_for(path, request.raw_path.partition("?")[2])
+        observed = self._observed[upstream.prefix]
+        started = time.perf_counter()
         try:
             response = await self._session.request(
                 request.method,
@@ -135,14 +155,20 @@ class Forwarder:
         except _BodyLimit as exc:
             raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
+            observed.timeout.inc()
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
             # aiohttp wraps what the upload stream raised; the limit is the client's fault
             if isinstance(exc.__cause__, _BodyLimit):
                 raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
+            observed.refused.inc()
             raise UpstreamUnavailable("the upstream refused or dropped the connection") from exc
+        observed.seconds.observe(time.perf_counter() - started)
         try:
             yield response
+        except UpstreamBroken:
+            observed.broken.inc()
+            raise
         finally:
             # back to the pool when the body was read to the end, closed otherwise
             response.release()
