@@ -19,6 +19,10 @@ from gateway.proxy.headers import downstream_response_headers, upstream_request_
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: when a relayed response's headers went out (perf_counter): request latency ends there,
+#: not when a body of any size has finished streaming
+HEADERS_SENT = web.RequestKey("gateway.headers_sent", float)
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -246,6 +250,7 @@ async def relay(
         await response.prepare(request)
     except ConnectionError as exc:
         raise ClientGone("the client went away before the response", response) from exc
+    request[HEADERS_SENT] = time.perf_counter()
     # Read and write are told apart: a failed read is the upstream's fault, a failed write
     # the client's, and each is finished differently.
     content = upstream.content
