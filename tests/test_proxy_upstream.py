@@ -163,3 +163,71 @@ async def test_upstream_dying_mid_body_cuts_the_client_short(
     assert upstream_errors(gw, "broken") == 1
     resp = await gw.client.get("/health")
     assert resp.status == 200
+
+
+async def wait_for_decision(gw: Harness, outcome: str) -> None:
+    for _ in range(200):  # bounded: 10 s
+        if decisions(gw, outcome):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {outcome} decision recorded")
+
+
+async def test_client_abandoning_an_upload_is_not_an_upstream_error(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await make_gateway()
+    caller = await gw.caller("anonymous")
+    with caplog.at_level(logging.INFO):
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+        writer.write(
+            b"POST /api/logic/upload HTTP/1.1\r\nHost: g\r\nContent-Length: 100000\r\n"
+            + f"Authorization: {caller['Authorization']}\r\n\r\n".encode()
+            + b"only a start"
+        )
+        await writer.drain()
+        writer.close()  # and never the rest
+        await wait_for_decision(gw, "bad_request")
+    assert upstream_errors(gw, "refused") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_chunked_body_going_bad_midway_is_answered_not_hung(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = await make_gateway(read_timeout_seconds=0.5)
+    caller = await gw.caller("anonymous")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    writer.write(
+        b"POST /api/logic/upload HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n"
+        + f"Authorization: {caller['Authorization']}\r\n\r\n".encode()
+        + b"5\r\nhello\r\n"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # so the request is under way before its body goes bad
+    writer.write(b"ZZ-not-a-size\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    # aiohttp's parser drops such a body without telling its reader: the body's idle
+    # timeout is what frees the handler (and the upstream connection it holds)
+    assert answer.startswith((b"HTTP/1.1 408", b"HTTP/1.0 400")), answer
+    assert upstream_errors(gw, "refused") == 0
+
+
+async def test_a_body_gone_silent_is_408(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(read_timeout_seconds=0.5)
+    caller = await gw.caller("anonymous")
+    forwarded_before = gw.upstream.count()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    writer.write(
+        b"POST /api/logic/upload HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n"
+        + f"Authorization: {caller['Authorization']}\r\n\r\n".encode()
+        + b"ten bytes."
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert upstream_errors(gw, "refused") == 0
+    assert gw.upstream.count() == forwarded_before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -13,7 +14,13 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.metrics import Metrics
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 
@@ -72,6 +79,14 @@ class _BodyLimit(Exception):
     """Raised inside the upload stream when the body passes the limit."""
 
 
+class _BodyBroken(Exception):
+    """Raised inside the upload stream when the client's body breaks off or is malformed."""
+
+
+class _BodyStalled(Exception):
+    """Raised inside the upload stream when the client goes silent mid-body."""
+
+
 class _Observed:
     """One upstream's metric children, bound once so a request pays no label lookup."""
 
@@ -98,6 +113,9 @@ class Forwarder:
         # labelled by path prefix: bounded by the config, and free of any credentials in URLs
         self._observed = {u.prefix: _Observed(metrics, u.prefix) for u in upstreams}
         self._max_body = max_body_bytes
+        # the longest either side may go silent mid-exchange: the upstream before answering
+        # or between body chunks, the client between chunks of its body
+        self._body_idle = read_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=connect_timeout,
@@ -156,15 +174,20 @@ class Forwarder:
                 compress=False,
                 chunked=None,
             )
-        except _BodyLimit as exc:
-            raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
             observed.timeout.inc()
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
-            # aiohttp wraps what the upload stream raised; the limit is the client's fault
+            # aiohttp wraps what the upload stream raised: those are the client's doing, and
+            # must not count against the upstream
             if isinstance(exc.__cause__, _BodyLimit):
                 raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
+            if isinstance(exc.__cause__, _BodyBroken):
+                raise BadRequest("the request body broke off before it was complete") from exc
+            if isinstance(exc.__cause__, _BodyStalled):
+                raise RequestTimeout(
+                    f"the request body stalled for {self._body_idle} seconds"
+                ) from exc
             observed.refused.inc()
             raise UpstreamUnavailable("the upstream refused or dropped the connection") from exc
         observed.seconds.observe(time.perf_counter() - started)
@@ -179,7 +202,20 @@ class Forwarder:
 
     async def _limited(self, request: web.Request) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in request.content.iter_any():
+        content = request.content
+        while True:
+            try:
+                # A client may not hold a handler and an upstream connection open by going
+                # quiet mid-body; nor can a chunked body aiohttp's parser gave up on, whose
+                # reader is never told and would wait forever.
+                async with asyncio.timeout(self._body_idle):
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                raise _BodyStalled from exc
+            except Exception as exc:  # a disconnect or a malformed body
+                raise _BodyBroken from exc
+            if not chunk:
+                return
             seen += len(chunk)
             if seen > self._max_body:
                 # the upstream never receives a byte past the limit
