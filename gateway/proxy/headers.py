@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -78,16 +78,14 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(
-    incoming: CIMultiDictProxy[str], *, strip_prefixes: Iterable[str] = (IDENTITY_PREFIX,)
-) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop, Connection-named and internal ones."""
+def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop, Connection-named and internal ones
+    (an upstream's X-Gateway-* headers are for the gateway, never for the client)."""
     named = _connection_named(incoming)
-    prefixes = tuple(strip_prefixes)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or lower.startswith(prefixes):
+        if lower in HOP_BY_HOP or lower in named or lower.startswith(IDENTITY_PREFIX):
             continue
         out.add(name, value)
     return out
