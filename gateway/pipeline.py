@@ -7,13 +7,7 @@ import time
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
-from gateway.errors import (
-    NotFound,
-    PayloadTooLarge,
-    Unauthenticated,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.errors import NotFound, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
@@ -107,7 +101,9 @@ class Pipeline:
                 state = decide.tightest(decision.states) if decision is not None else None
                 extra = decide.rate_limit_headers(state, self._clock.now())
                 return await relay(request, upstream, extra)
-        except (UpstreamUnavailable, UpstreamTimeout, PayloadTooLarge):
+        except Exception:
+            # whatever stopped the forward before the upstream answered (refused, too slow,
+            # a body too large, broken or stalled) leaves nothing consumed that it should not
             if not answered:
                 await self._settle(identity, route, params, decision, answered=False, ok=False)
             raise

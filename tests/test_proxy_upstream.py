@@ -231,3 +231,24 @@ async def test_a_body_gone_silent_is_408(make_gateway: GatewayFactory) -> None:
     assert head.startswith(b"HTTP/1.1 408")
     assert upstream_errors(gw, "refused") == 0
     assert gw.upstream.count() == forwarded_before
+
+
+async def test_a_stalled_create_leaves_no_live_count(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(read_timeout_seconds=0.5)
+    account = await gw.account("anonymous")
+    key = await gw.key(account)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    writer.write(
+        b"POST /api/triggers HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n"
+        + f"Authorization: Bearer {key}\r\n\r\n".encode()
+        + b"{"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    resp = await gw.admin.get(f"/admin/accounts/{account}/usage", headers=gw.admin_headers)
+    meters = (await resp.json())["meters"]
+    # nothing was created upstream, so the live count did not rise and the call is refunded
+    assert meters["triggers"]["used"] == 0
+    assert meters["api_calls"]["used"] == 0
