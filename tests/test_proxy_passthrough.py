@@ -163,3 +163,39 @@ async def test_the_upstream_gets_the_clients_headers_and_only_ours_besides(
         "x-gateway-tier",
     ]
     assert seen["X-Forwarded-Host"] == "gateway.test"
+
+
+async def test_expect_continue_is_answered_by_the_gateway_not_forwarded(
+    make_gateway: GatewayFactory,
+) -> None:
+    heads: list[bytes] = []
+
+    async def old_fashioned(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # an upstream that never sends 100 Continue: it just waits for the body
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        length = int(head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(old_fashioned, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway(upstreams=(("/", URL(f"http://127.0.0.1:{port}")),))
+        resp = await asyncio.wait_for(
+            gw.client.post(
+                "/api/things",
+                data=b"payload",
+                expect100=True,
+                headers=await gw.caller("anonymous"),
+            ),
+            10,
+        )
+        assert resp.status == 200
+        assert await resp.read() == b"payload"
+        assert b"expect" not in heads[-1].lower()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -37,8 +37,10 @@ ROUTE = "X-Gateway-Route"
 _FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
-# request headers the gateway consumes (the credential) or recomputes (host, length)
-_CONSUMED = frozenset({"host", "x-api-key", "content-length"})
+# request headers the gateway consumes (the credential; an Expect the gateway's server has
+# already answered, which an upstream that ignores it would otherwise stall on) or
+# recomputes (host, length)
+_CONSUMED = frozenset({"host", "x-api-key", "content-length", "expect"})
 # one set lookup per header on the hot path instead of three
 _NEVER_UP = HOP_BY_HOP | _FORWARDING | _CONSUMED
 
