@@ -159,6 +159,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
         trusted_proxies=settings.trusted_proxies,
+        metrics=gateway.metrics,
     )
     stripe = StripeClient(settings.stripe)
     handlers = local_handlers(gateway, stripe)
@@ -182,7 +183,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            # the upstream gets the client's headers, not aiohttp's defaults in their place
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         forwarder.attach(session)

@@ -12,7 +12,7 @@ from aiohttp.typedefs import Middleware
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pipeline import OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
-from gateway.proxy.forward import ClientGone, StreamCut
+from gateway.proxy.forward import HEADERS_SENT, ClientGone, StreamCut
 
 log = logging.getLogger("gateway")
 
@@ -73,4 +73,5 @@ def _record(metrics: Metrics, request: web.Request, outcome: str, started: float
     metrics.in_flight.dec()
     route = request.get(ROUTE_LABEL, "-")
     metrics.decisions.labels(request.get(TIER_LABEL, "-"), route, outcome).inc()
-    metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+    ended = request.get(HEADERS_SENT) or time.perf_counter()
+    metrics.request_seconds.labels(route).observe(ended - started)

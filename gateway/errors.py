@@ -4,6 +4,7 @@
     ├── BadRequest                  400: malformed path, headers or JSON
     ├── Unauthenticated             401: no, malformed, unknown, revoked or forged credential
     ├── NotFound                    404: no route, no such account or key
+    ├── RequestTimeout              408: the client went silent mid-body
     ├── PayloadTooLarge             413: body over the configured limit
     ├── HeadersTooLarge             431: a header field too long, or too many of them
     ├── UpstreamUnavailable         502: the upstream refused or reset the connection
@@ -82,6 +83,12 @@ class NotFound(GatewayError):
     status = 404
     code = "NOT_FOUND"
     outcome = "not_found"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "REQUEST_TIMEOUT"
+    outcome = "bad_request"
 
 
 class Conflict(GatewayError):

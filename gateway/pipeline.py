@@ -9,13 +9,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import (
-    NotFound,
-    PayloadTooLarge,
-    Unauthenticated,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.errors import NotFound, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
@@ -124,7 +118,9 @@ class Pipeline:
                     # admitted on the local allowance: the shared count is not known here
                     extra = {DEGRADED_HEADER: "fail-open"}
                 return await relay(request, upstream, extra)
-        except (UpstreamUnavailable, UpstreamTimeout, PayloadTooLarge):
+        except Exception:
+            # whatever stopped the forward before the upstream answered (refused, too slow,
+            # a body too large, broken or stalled) leaves nothing consumed that it should not
             if not answered:
                 await self._settle(identity, route, params, decision, answered=False, ok=False)
             raise

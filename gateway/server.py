@@ -45,7 +45,7 @@ class _JsonErrorHandler(web.RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("a response was already sent on this connection")
         error = _parse_error(exc)
-        log.info("refused a malformed request from %s: %s", request.remote, error.message)
+        log.info("refused a malformed request from %s: %r", request.remote, error.message)
         response = error_response(error)
         response.force_close()
         return response

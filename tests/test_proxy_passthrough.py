@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from typing import Any
 
@@ -131,3 +132,70 @@ async def test_bodiless_answers_pass_through_and_keep_the_connection_usable(
         async with session.get(gw.client.make_url("/api/things"), headers=headers) as resp:
             assert resp.status == 200
             assert await resp.read() == b"x" * 1234
+
+
+async def test_the_upstream_gets_the_clients_headers_and_only_ours_besides(
+    recorded: tuple[Harness, Recorder],
+) -> None:
+    gw, upstream = recorded
+    caller = await gw.caller("anonymous")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    writer.write(
+        b"GET /api/things HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n"
+        + f"Authorization: {caller['Authorization']}\r\n".encode()
+        + b"X-Custom: kept\r\nx-custom: twice\r\n\r\n"
+    )
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    seen = upstream.headers[-1]
+    assert seen.getall("X-Custom") == ["kept", "twice"]
+    # no aiohttp defaults (Accept, User-Agent, Accept-Encoding, Content-Type) filled in
+    assert sorted({k.lower() for k in seen}) == [
+        "host",
+        "x-custom",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-gateway-account",
+        "x-gateway-key-id",
+        "x-gateway-route",
+        "x-gateway-tier",
+    ]
+    assert seen["X-Forwarded-Host"] == "gateway.test"
+
+
+async def test_expect_continue_is_answered_by_the_gateway_not_forwarded(
+    make_gateway: GatewayFactory,
+) -> None:
+    heads: list[bytes] = []
+
+    async def old_fashioned(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # an upstream that never sends 100 Continue: it just waits for the body
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        length = int(head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(old_fashioned, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway(upstreams=(("/", URL(f"http://127.0.0.1:{port}")),))
+        resp = await asyncio.wait_for(
+            gw.client.post(
+                "/api/things",
+                data=b"payload",
+                expect100=True,
+                headers=await gw.caller("anonymous"),
+            ),
+            10,
+        )
+        assert resp.status == 200
+        assert await resp.read() == b"payload"
+        assert b"expect" not in heads[-1].lower()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.errors import BadRequest
+from gateway.proxy.path import canonical_path
 from tests.conftest import GatewayFactory, Harness
 
 PAYMENTS_403_ERROR = "Anonymous users cannot process payments"
@@ -120,3 +125,24 @@ async def test_unreadable_paths_are_400_and_reach_nothing(
     assert body["code"] == "BAD_REQUEST"
     assert gw.upstream.requests == []
     assert await used(gw, account, "api_calls") == 0
+
+
+PIECES = ["/", "//", ".", "..", "%2e", "%2E%2e", "%2f", "%5C", "a", "B9", "%00", "%0a", "%41"]
+PIECES += ["%", "%zz", "%25", "%252e", "%3b", ";", "#", "\\", "%c3%a9", "%ff", "~", ":", "@"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12))
+def test_a_canonical_path_is_its_own_canonical_form(pieces: list[str]) -> None:
+    raw = "/" + "".join(pieces)
+    try:
+        decoded, encoded = canonical_path(raw)
+    except BadRequest:
+        return
+    # what the gateway forwards reads, to anyone canonicalising it again, as what it matched
+    assert canonical_path(encoded) == (decoded, encoded)
+    assert "/".join(unquote(segment) for segment in encoded.split("/")) == decoded
+    segments = encoded.split("/")[1:]
+    assert not {".", ".."} & set(segments)
+    assert "" not in segments[:-1]  # no empty segment, bar one trailing slash
+    assert ";" not in encoded and "#" not in encoded and "\\" not in encoded

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -12,10 +14,21 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.metrics import Metrics
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: when a relayed response's headers went out (perf_counter): request latency ends there,
+#: not when a body of any size has finished streaming
+HEADERS_SENT = web.RequestKey("gateway.headers_sent", float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,9 @@ class Upstreams:
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self._by_length = sorted(upstreams, key=lambda u: -len(u.prefix))
 
+    def __iter__(self) -> Iterator[Upstream]:
+        return iter(self._by_length)
+
     def pick(self, path: str) -> Upstream | None:
         for upstream in self._by_length:
             if upstream.serves(path):
@@ -63,6 +79,24 @@ class _BodyLimit(Exception):
     """Raised inside the upload stream when the body passes the limit."""
 
 
+class _BodyBroken(Exception):
+    """Raised inside the upload stream when the client's body breaks off or is malformed."""
+
+
+class _BodyStalled(Exception):
+    """Raised inside the upload stream when the client goes silent mid-body."""
+
+
+class _Observed:
+    """One upstream's metric children, bound once so a request pays no label lookup."""
+
+    def __init__(self, metrics: Metrics, label: str) -> None:
+        self.seconds = metrics.upstream_seconds.labels(label)
+        self.refused = metrics.upstream_errors.labels(label, "refused")
+        self.timeout = metrics.upstream_errors.labels(label, "timeout")
+        self.broken = metrics.upstream_errors.labels(label, "broken")
+
+
 class Forwarder:
     def __init__(
         self,
@@ -72,10 +106,16 @@ class Forwarder:
         connect_timeout: float,
         read_timeout: float,
         trusted_proxies: Sequence[IpNetwork] = (),
+        metrics: Metrics,
     ) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._upstreams = upstreams
+        # labelled by path prefix: bounded by the config, and free of any credentials in URLs
+        self._observed = {u.prefix: _Observed(metrics, u.prefix) for u in upstreams}
         self._max_body = max_body_bytes
+        # the longest either side may go silent mid-exchange: the upstream before answering
+        # or between body chunks, the client between chunks of its body
+        self._body_idle = read_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=connect_timeout,
@@ -121,6 +161,8 @@ class Forwarder:
         if self._session is None:
             raise RuntimeError("Forwarder used before the app started")
         url = upstream.url_for(path, request.raw_path.partition("?")[2])
+        observed = self._observed[upstream.prefix]
+        started = time.perf_counter()
         try:
             response = await self._session.request(
                 request.method,
@@ -132,24 +174,48 @@ class Forwarder:
                 compress=False,
                 chunked=None,
             )
-        except _BodyLimit as exc:
-            raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
+            observed.timeout.inc()
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
-            # aiohttp wraps what the upload stream raised; the limit is the client's fault
+            # aiohttp wraps what the upload stream raised: those are the client's doing, and
+            # must not count against the upstream
             if isinstance(exc.__cause__, _BodyLimit):
                 raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
+            if isinstance(exc.__cause__, _BodyBroken):
+                raise BadRequest("the request body broke off before it was complete") from exc
+            if isinstance(exc.__cause__, _BodyStalled):
+                raise RequestTimeout(
+                    f"the request body stalled for {self._body_idle} seconds"
+                ) from exc
+            observed.refused.inc()
             raise UpstreamUnavailable("the upstream refused or dropped the connection") from exc
+        observed.seconds.observe(time.perf_counter() - started)
         try:
             yield response
+        except UpstreamBroken:
+            observed.broken.inc()
+            raise
         finally:
             # back to the pool when the body was read to the end, closed otherwise
             response.release()
 
     async def _limited(self, request: web.Request) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in request.content.iter_any():
+        content = request.content
+        while True:
+            try:
+                # A client may not hold a handler and an upstream connection open by going
+                # quiet mid-body; nor can a chunked body aiohttp's parser gave up on, whose
+                # reader is never told and would wait forever.
+                async with asyncio.timeout(self._body_idle):
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                raise _BodyStalled from exc
+            except Exception as exc:  # a disconnect or a malformed body
+                raise _BodyBroken from exc
+            if not chunk:
+                return
             seen += len(chunk)
             if seen > self._max_body:
                 # the upstream never receives a byte past the limit
@@ -220,6 +286,7 @@ async def relay(
         await response.prepare(request)
     except ConnectionError as exc:
         raise ClientGone("the client went away before the response", response) from exc
+    request[HEADERS_SENT] = time.perf_counter()
     # Read and write are told apart: a failed read is the upstream's fault, a failed write
     # the client's, and each is finished differently.
     content = upstream.content

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -37,8 +37,12 @@ ROUTE = "X-Gateway-Route"
 _FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
-# request headers the gateway consumes (the credential) or recomputes (host, length)
-_CONSUMED = frozenset({"host", "x-api-key", "content-length"})
+# request headers the gateway consumes (the credential; an Expect the gateway's server has
+# already answered, which an upstream that ignores it would otherwise stall on) or
+# recomputes (host, length)
+_CONSUMED = frozenset({"host", "x-api-key", "content-length", "expect"})
+# one set lookup per header on the hot path instead of three
+_NEVER_UP = HOP_BY_HOP | _FORWARDING | _CONSUMED
 
 
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -58,33 +62,32 @@ def upstream_request_headers(
     forwarding, the credential), inject last, so nothing a client sent can survive as ours."""
     named = _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict()
+    spelling: dict[str, str] = {}
     for name, value in incoming.items():
         lower = name.lower()
         if (
-            lower in HOP_BY_HOP
+            lower in _NEVER_UP
             or lower in named
-            or lower in _FORWARDING
-            or lower in _CONSUMED
             or lower.startswith(IDENTITY_PREFIX)
             or (drop_authorization and lower == "authorization")
         ):
             continue
-        out.add(name, value)
+        # a repeated name is sent with its first spelling: aiohttp's client keeps only the
+        # last of two copies spelled differently (``X-A`` then ``x-a``)
+        out.add(spelling.setdefault(lower, name), value)
     for name, value in inject.items():
         out[name] = value
     return out
 
 
-def downstream_response_headers(
-    incoming: CIMultiDictProxy[str], *, strip_prefixes: Iterable[str] = (IDENTITY_PREFIX,)
-) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop, Connection-named and internal ones."""
+def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop, Connection-named and internal ones
+    (an upstream's X-Gateway-* headers are for the gateway, never for the client)."""
     named = _connection_named(incoming)
-    prefixes = tuple(strip_prefixes)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or lower.startswith(prefixes):
+        if lower in HOP_BY_HOP or lower in named or lower.startswith(IDENTITY_PREFIX):
             continue
         out.add(name, value)
     return out
