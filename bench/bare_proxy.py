@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from bench.loop import new_loop
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
 
 
@@ -44,7 +46,9 @@ def build(upstream: str) -> web.Application:
 
 def main() -> None:
     port, upstream = int(sys.argv[1]), sys.argv[2]
-    web.run_app(build(upstream), host="127.0.0.1", port=port, print=None, access_log=None)
+    web.run_app(
+        build(upstream), host="127.0.0.1", port=port, print=None, access_log=None, loop=new_loop()
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import sys
 
 from aiohttp import web
 
+from bench.loop import new_loop
+
 BODY = b'{"ok":true}'
 
 
@@ -17,7 +19,9 @@ async def answer(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    web.run_app(
+        app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, loop=new_loop()
+    )
 
 
 if __name__ == "__main__":

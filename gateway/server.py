@@ -8,7 +8,8 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -19,6 +20,18 @@ from gateway.errors import BadRequest, GatewayError, HeadersTooLarge
 from gateway.settings import Address, Settings
 
 log = logging.getLogger("gateway")
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (it roughly halves the event loop's share
+    of every proxied request, measured with `make bench`), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 class ServeError(Exception):
@@ -147,7 +160,7 @@ def serve(
 ) -> None:
     check_workers(settings)
     if settings.workers == 1:
-        asyncio.run(run_worker(settings, on_ready=on_ready, extra_sites=extra_sites))
+        run_loop(run_worker(settings, on_ready=on_ready, extra_sites=extra_sites))
         return
     context = multiprocessing.get_context("spawn")
     workers = [
@@ -180,4 +193,4 @@ def _worker_main(settings: Settings, with_admin: bool) -> None:
         format="%(asctime)s %(levelname)s %(processName)s %(message)s",
     )
     # the admin listener (metrics, health, admin API) is served by the first worker only
-    asyncio.run(run_worker(settings, reuse_port=True, with_admin=with_admin))
+    run_loop(run_worker(settings, reuse_port=True, with_admin=with_admin))
