@@ -14,7 +14,6 @@ from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
-from gateway.metering.keys import meter_key
 from gateway.metering.store import Decision
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -191,11 +190,7 @@ class Pipeline:
                 ),
             ]
             released = decide.charges(policy, tier, identity.account_id, project_id, costs)
-            # only live counts are released, and their keys have no window: no lookup needed
-            giveback.extend(
-                (meter_key(identity.account_id, c.meter, c.scope_id, None), c.cost)
-                for c in released
-            )
+            giveback.extend(decide.releases(identity.account_id, released))
         if giveback:
             await self._store.release(identity.account_id, giveback)
 

@@ -12,15 +12,21 @@ from gateway.errors import BadRequest, PayloadTooLarge, ValidationError
 MAX_JSON_BYTES = 64 * 1024
 
 
-async def read_json(request: web.Request, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    """The body as a JSON object, or a clear 400/413 that says what is wrong."""
+async def read_bounded(request: web.Request, max_bytes: int, what: str) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to pass ``max_bytes``."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"a JSON body is at most {max_bytes} bytes")
+        raise PayloadTooLarge(f"{what} is at most {max_bytes} bytes")
     raw = bytearray()
     async for chunk in request.content.iter_any():
         raw.extend(chunk)
         if len(raw) > max_bytes:
-            raise PayloadTooLarge(f"a JSON body is at most {max_bytes} bytes")
+            raise PayloadTooLarge(f"{what} is at most {max_bytes} bytes")
+    return bytes(raw)
+
+
+async def read_json(request: web.Request, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The body as a JSON object, or a clear 400/413 that says what is wrong."""
+    raw = await read_bounded(request, max_bytes, "a JSON body")
     if not raw:
         raise BadRequest("expected a JSON object in the request body")
     try:

@@ -43,12 +43,9 @@ async def free(
     project_id: str | None = None,
 ) -> None:
     """Give back live counts for things that are gone."""
-    charges = _charges(policy, account_id, costs, project_id)
-    if charges:
-        states = await store.peek(account_id, charges)
-        await store.release(
-            account_id, [(s.key, c.cost) for s, c in zip(states, charges, strict=True)]
-        )
+    freed = decide.releases(account_id, _charges(policy, account_id, costs, project_id))
+    if freed:
+        await store.release(account_id, freed)
 
 
 def key_meter(kind: str) -> str:

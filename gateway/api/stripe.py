@@ -13,12 +13,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.api.body import read_bounded
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import (
     BadRequest,
     Conflict,
     GatewayError,
-    PayloadTooLarge,
     UpstreamUnavailable,
 )
 from gateway.identity.registry import Registry, org_account_id
@@ -208,11 +208,4 @@ def _received(event_id: str, *, applied: bool, **extra: Any) -> web.Response:
 
 
 async def _read(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
-        raise PayloadTooLarge(f"an event is at most {MAX_EVENT_BYTES} bytes")
-    raw = bytearray()
-    async for chunk in request.content.iter_any():
-        raw.extend(chunk)
-        if len(raw) > MAX_EVENT_BYTES:
-            raise PayloadTooLarge(f"an event is at most {MAX_EVENT_BYTES} bytes")
-    return bytes(raw)
+    return await read_bounded(request, MAX_EVENT_BYTES, "an event")

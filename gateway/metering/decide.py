@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.errors import FeatureUnavailable, PolicyRefusal, QuotaExceeded, TierForbidden
 from gateway.identity.resolve import Identity
+from gateway.metering.keys import meter_key
 from gateway.metering.store import Charge, MeterState
 from gateway.metering.windows import iso
 from gateway.policy.model import Policy, Route, Template, Tier
@@ -38,6 +39,17 @@ def charges(
         scope_id = account_id if meter.scope == "account" else (project_id or NO_PROJECT)
         out.append(Charge(name, scope_id, meter.period, cost, tier.limit(name)))
     return out
+
+
+def releases(account_id: str, charges: Sequence[Charge]) -> list[tuple[str, int]]:
+    """The exact keys and counts to give back live counts on: a gauge's key has no window,
+    so freeing one needs no lookup. Counters are left out: they are refunded by the key
+    their consume returned."""
+    return [
+        (meter_key(account_id, c.meter, c.scope_id, None), c.cost)
+        for c in charges
+        if c.period is None
+    ]
 
 
 def check_gates(policy: Policy, tier: Tier, route: Route) -> None:
