@@ -1,4 +1,4 @@
-"""Finding the external checkers the deploy/ tests run: promtool, hadolint, kubernetes-validate."""
+"""For the deploy/ tests: the external checkers they run, and `gateway serve` command lines."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from gateway.cli import _parser
+from gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -40,3 +43,23 @@ def run(args: list[str], *, stdin: str | None = None, cwd: Path = ROOT) -> str:
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{output}"
     return output
+
+
+def serve_settings(argv: list[str]) -> Settings:
+    """The settings `gateway serve` would run with for these arguments (after `serve`), as the
+    command line builds them; an unknown flag or a bad value fails the test."""
+    try:
+        args = _parser().parse_args(["serve", *argv])
+    except SystemExit:
+        pytest.fail(f"gateway serve does not accept {argv}")
+    return load_settings(
+        args.config,
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        upstream=args.upstream,
+        policy=args.policy,
+        store=args.store,
+        store_timeout_ms=args.store_timeout_ms,
+        store_failure_mode=args.store_failure_mode,
+        workers=args.workers,
+    )
