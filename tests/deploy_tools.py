@@ -1,4 +1,4 @@
-"""For the deploy/ tests: the external checkers they run, and `gateway serve` command lines."""
+"""For the deploy/ tests: the external checkers, `gateway serve` command lines, the Dockerfile."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+DOCKERFILE = ROOT / "Dockerfile"
 
 # where each checker comes from, for the failure message; .ci/run installs all of them
 SOURCES = {
@@ -63,3 +64,16 @@ def serve_settings(argv: list[str]) -> Settings:
         store_failure_mode=args.store_failure_mode,
         workers=args.workers,
     )
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per Dockerfile instruction, continuation lines joined."""
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    steps = [line.split(None, 1) for line in lines if line and not line.startswith("#")]
+    return [(step[0].upper(), step[1] if len(step) > 1 else "") for step in steps]
+
+
+def only(name: str) -> str:
+    (found,) = [args for instruction, args in instructions() if instruction == name]
+    return found

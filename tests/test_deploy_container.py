@@ -12,23 +12,18 @@ import yaml
 from yarl import URL
 
 from gateway.policy.loader import load_policy
-from tests.deploy_tools import DEPLOY, ROOT, run, serve_settings, tool
+from tests.deploy_tools import (
+    DEPLOY,
+    DOCKERFILE,
+    ROOT,
+    instructions,
+    only,
+    run,
+    serve_settings,
+    tool,
+)
 
-DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
-
-
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per Dockerfile instruction, continuation lines joined."""
-    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines()]
-    steps = [line.split(None, 1) for line in lines if line and not line.startswith("#")]
-    return [(step[0].upper(), step[1] if len(step) > 1 else "") for step in steps]
-
-
-def only(name: str) -> str:
-    (found,) = [args for instruction, args in instructions() if instruction == name]
-    return found
 
 
 def image_command() -> list[str]:
