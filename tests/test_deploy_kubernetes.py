@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,7 @@ def test_pod_runs_as_the_image_s_non_root_user_on_a_read_only_root_with_resource
 def test_configmap_holds_the_shipped_policy_where_the_gateway_reads_it() -> None:
     data = manifest("configmap.yaml")["data"]
     shipped = (ROOT / "policies" / "agentstack.yaml").read_text(encoding="utf-8")
-    assert data["policy.yaml"] == shipped, (
-        "deploy/kubernetes/configmap.yaml is out of date with policies/agentstack.yaml"
-    )
+    assert data["policy.yaml"] == shipped
     policy_path = Path(container_settings().policy)
     (mount,) = [m for m in container()["volumeMounts"] if m["name"] == "policy"]
     # a subPath mount is never updated by kubelet, so a changed ConfigMap would not reload
@@ -86,6 +85,19 @@ def test_configmap_holds_the_shipped_policy_where_the_gateway_reads_it() -> None
     assert volume["configMap"]["name"] == manifest("configmap.yaml")["metadata"]["name"]
     assert policy_path.name in data
     assert "reload" in " ".join(manifest("configmap.yaml")["metadata"]["annotations"])
+
+
+def test_configmap_is_rendered_from_the_shipped_policy() -> None:
+    spec = importlib.util.spec_from_file_location("configmap", KUBERNETES / "configmap.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source = "policies/agentstack.yaml"
+    rendered = module.render(ROOT / source, source)
+    assert rendered == (KUBERNETES / "configmap.yaml").read_text(encoding="utf-8"), (
+        "configmap.yaml is out of date: python deploy/kubernetes/configmap.py "
+        "> deploy/kubernetes/configmap.yaml"
+    )
 
 
 def test_configmap_policy_passes_policy_check(tmp_path: Path) -> None:
