@@ -19,7 +19,7 @@ from tests.promql import alert_rules
 GUIDE = ROOT / "docs" / "operations.md"
 
 # Commands the operations work (policy diff and replay) adds on its own branch. Once both are
-# merged they parse, and the last test below asks for this list to be deleted.
+# merged they parse, and the commands test below fails until this list is deleted.
 COMMANDS_FROM_OPERATIONS_WORK = frozenset({("policy", "diff"), ("policy", "replay")})
 
 

@@ -10,8 +10,8 @@ from tests.live_scrape import scrape
 from tests.promql import alert_rules, dashboard_queries, metric_names
 
 # Exported by the operations work (hot reload, shadow mode) on its own branch, not yet on this
-# one. Once both are merged these names are in the scrape and the last test below asks for
-# this list to be deleted.
+# one. Once both are merged these names are in the scrape, and the names test below fails
+# until this list is deleted.
 EXPECTED_FROM_OPERATIONS_WORK = frozenset(
     {
         "gateway_policy_reloads_total",
