@@ -18,7 +18,8 @@ COPY policies /etc/gateway/policies
 WORKDIR /opt/gateway
 
 # a fixed numeric id so Kubernetes' runAsNonRoot can check it; no home, no shell
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin gateway
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 USER 10001:10001
 
 EXPOSE 8080 9090
