@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.aio import cancel_and_wait
 from gateway.api.accounts import AccountsApi
 from gateway.api.admin import AdminApi, admin_guard
 from gateway.api.admin_accounts import AdminAccountsApi
@@ -192,9 +192,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         invalidations = asyncio.create_task(follow(gateway.store, gateway.registry.cache))
         async with stripe.opened():
             yield
-        invalidations.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await invalidations
+        await cancel_and_wait(invalidations)
         await session.close()
         await gateway.store.close()
 

@@ -16,6 +16,7 @@ true when it went down, and lets a fail-open gateway keep identifying callers it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -112,14 +113,17 @@ async def follow(store: Store, cache: IdentityCache, *, max_backoff: float = 5.0
     missed = False
     while True:
         try:
-            async for message in store.listen(INVALIDATION_CHANNEL):
-                if message:
-                    cache.invalidate(message)
-                    continue
-                # subscribed; whatever was published while we were not listening is unknown
-                if missed:
-                    cache.clear()
-                backoff, missed = 0.1, False
+            # aclosing: a cancelled follower closes its subscription now, while the store is
+            # still open, not whenever the event loop finalises an abandoned generator
+            async with contextlib.aclosing(store.listen(INVALIDATION_CHANNEL)) as messages:
+                async for message in messages:
+                    if message:
+                        cache.invalidate(message)
+                        continue
+                    # subscribed; whatever was published while we were not listening is unknown
+                    if missed:
+                        cache.clear()
+                    backoff, missed = 0.1, False
         except StoreUnavailable as exc:
             log.warning("identity cache notifications lost (%s); retrying", exc)
         missed = True

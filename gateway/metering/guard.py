@@ -25,12 +25,12 @@ Decisions taken while degraded carry ``degraded=True`` (the proxy marks them wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from gateway.aio import cancel_and_wait
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
 from gateway.metering.keys import meter_key
@@ -256,7 +256,7 @@ class GuardedStore:
     async def publish(self, channel: str, message: str) -> None:
         await self._call(lambda: self.inner.publish(channel, message))
 
-    def listen(self, channel: str) -> AsyncIterator[str]:
+    def listen(self, channel: str) -> AsyncGenerator[str, None]:
         return self.inner.listen(channel)
 
     async def ping(self) -> None:
@@ -266,7 +266,5 @@ class GuardedStore:
 
     async def close(self) -> None:
         if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+            await cancel_and_wait(self._probe)
         await self.inner.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from gateway.metering.clock import Clock
@@ -132,7 +132,7 @@ class MemoryStore:
         for queue in self._listeners.get(channel, []):
             queue.put_nowait(message)
 
-    async def listen(self, channel: str) -> AsyncIterator[str]:
+    async def listen(self, channel: str) -> AsyncGenerator[str, None]:
         queue: asyncio.Queue[str] = asyncio.Queue()
         self._listeners.setdefault(channel, []).append(queue)
         try:

@@ -26,8 +26,9 @@ memory, cluster down) leaves this module as ``StoreUnavailable``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -264,7 +265,7 @@ class RedisStore:
     async def publish(self, channel: str, message: str) -> None:
         await self._run(lambda: self._client.publish(channel, message))
 
-    async def listen(self, channel: str) -> AsyncIterator[str]:
+    async def listen(self, channel: str) -> AsyncGenerator[str, None]:
         pubsub = self._listener.pubsub()
 
         async def subscribed() -> None:
@@ -287,7 +288,10 @@ class RedisStore:
                 if message is not None and message.get("type") == "message":
                     yield str(message["data"])
         finally:
-            await pubsub.aclose()
+            # bounded: a subscription on a dead or frozen server must not hold up shutdown
+            with contextlib.suppress(TimeoutError, redis.exceptions.RedisError, OSError):
+                async with asyncio.timeout(self._budget):
+                    await pubsub.aclose()
 
     async def ping(self) -> None:
         await self._run(lambda: self._client.ping())

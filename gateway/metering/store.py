@@ -7,7 +7,7 @@ passes the same contract tests (tests/test_store_contract.py). A store raises
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,7 +108,7 @@ class Store(Protocol):
         """Send ``message`` to every process listening on ``channel`` (best effort, no replay)."""
         ...
 
-    def listen(self, channel: str) -> AsyncIterator[str]:
+    def listen(self, channel: str) -> AsyncGenerator[str, None]:
         """Messages published on ``channel`` from now on; raises StoreUnavailable on loss.
 
         Yields ``""`` first, once subscribed. A listener that lost its connection may have
