@@ -9,6 +9,9 @@ and one background probe pings it with exponential backoff until it answers. Whi
 - ``open``: requests are admitted on a local allowance, at most ``allowance`` units per meter
   of an account per outage in this process, counted here and written back to the store (as
   unlimited charges, so they add to the shared count) before it is marked healthy again.
+  Units admitted this way are never billed as overage: they join the shared count without
+  a source (the account was never asked to pay for units the gateway could not check), and
+  units after recovery are attributed by position as always.
 
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
@@ -154,7 +157,9 @@ class GuardedStore:
         used = [self._ledger.get(entry, 0) for entry in entries]
         refused = None
         for index, charge in enumerate(charges):
-            cap = self._allowance if charge.limit is None else min(self._allowance, charge.limit)
+            # overage and unlimited meters are held to the local allowance alone
+            capacity = None if charge.overage else charge.capacity
+            cap = self._allowance if capacity is None else min(self._allowance, capacity)
             if used[index] + charge.cost > cap:
                 refused = index
                 break
@@ -169,7 +174,7 @@ class GuardedStore:
             if charge.period is not None:
                 period_id, reset_at = window(charge.period, now)
             key = meter_key(account_id, charge.meter, charge.scope_id, period_id)
-            states.append(MeterState(key, value, charge.limit, reset_at))
+            states.append(MeterState(key, value, charge.limit, reset_at, charge.package))
         return Decision(refused is None, tuple(states), refused, degraded=True)
 
     def _count(self, outcome: str) -> None:
@@ -193,6 +198,9 @@ class GuardedStore:
 
     async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
         return await self._call(lambda: self.inner.peek(account_id, charges))
+
+    async def read(self, account_id: str, keys: Sequence[str]) -> list[int]:
+        return await self._call(lambda: self.inner.read(account_id, keys))
 
     async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
         return await self._call(lambda: self.inner.set_usage(account_id, charge, value))

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
+from gateway.policy.billing import parse_billing
 from gateway.policy.model import (
     DECISIONS,
     Feature,
@@ -85,6 +86,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
             "routes",
             "responses",
             "table",
+            "billing",
         },
         required={"name", "default_tier", "meters", "tiers", "routes"},
     )
@@ -119,6 +121,12 @@ def _build(top: Node, file: str, digest: str) -> Policy:
         raise default_node.fail(f"unknown tier {default_tier!r}; tiers are: {', '.join(tiers)}")
     routes = _routes(top.child("routes"), meters, features, tiers)
     table = _table(top.get("table"), meters, features, tiers)
+    billing_node = top.get("billing")
+    billing = (
+        parse_billing(billing_node, meters, tuple(tiers), parse_limit)
+        if billing_node is not None
+        else None
+    )
     return Policy(
         name=name,
         file=file,
@@ -132,6 +140,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
         key_types=key_types,
         tenant_claim=tenant_claim,
         table=table,
+        billing=billing,
     )
 
 
