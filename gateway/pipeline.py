@@ -77,7 +77,7 @@ class Pipeline:
             if route.consume:
                 project_id = decide.project_scope(route, identity, params)
                 charges = decide.charges(
-                    policy, tier, identity.account_id, project_id, route.consume
+                    policy, tier, identity.account_id, project_id, route.consume, identity
                 )
                 started = time.perf_counter()
                 decision = await self._store.consume(identity.account_id, charges)
@@ -115,8 +115,8 @@ class Pipeline:
                 answered = True
                 ok = 200 <= upstream.status < 300
                 await self._settle(identity, route, params, decision, answered=True, ok=ok)
-                state = decide.tightest(decision.states) if decision is not None else None
-                extra = decide.rate_limit_headers(state, self._clock.now())
+                states = decision.states if decision is not None else ()
+                extra = decide.rate_limit_headers(states, self._clock.now())
                 if decision is not None and decision.degraded:
                     # admitted on the local allowance: the shared count is not known here
                     extra = {DEGRADED_HEADER: "fail-open"}
@@ -149,8 +149,8 @@ class Pipeline:
             await self._settle(
                 identity, route, params, decision, answered=True, ok=ok, freed=context.released
             )
-        state = decide.tightest(decision.states) if decision is not None else None
-        response.headers.update(decide.rate_limit_headers(state, self._clock.now()))
+        states = decision.states if decision is not None else ()
+        response.headers.update(decide.rate_limit_headers(states, self._clock.now()))
         return response
 
     async def _settle(

@@ -174,7 +174,17 @@ class GuardedStore:
             if charge.period is not None:
                 period_id, reset_at = window(charge.period, now)
             key = meter_key(account_id, charge.meter, charge.scope_id, period_id)
-            states.append(MeterState(key, value, charge.limit, reset_at, charge.package))
+            states.append(
+                MeterState(
+                    key,
+                    value,
+                    charge.limit,
+                    reset_at,
+                    charge.package,
+                    meter=charge.meter,
+                    period=charge.period,
+                )
+            )
         return Decision(refused is None, tuple(states), refused, degraded=True)
 
     def _count(self, outcome: str) -> None:

@@ -57,7 +57,17 @@ class MemoryStore:
         now = self._clock.now()
         packaged = self._read(source_key(key, "package"), now)
         over = self._read(source_key(key, "overage"), now)
-        return MeterState(key, used, charge.limit, reset, charge.package, packaged, over)
+        return MeterState(
+            key,
+            used,
+            charge.limit,
+            reset,
+            charge.package,
+            packaged,
+            over,
+            charge.meter,
+            charge.period,
+        )
 
     def _add(self, key: str, units: int, ttl: float | None, now: float) -> int:
         """Add to a key, giving a new key its expiry (None: kept for ever)."""
@@ -133,7 +143,15 @@ class MemoryStore:
         if key not in self._values and charge.period is not None:
             self._expiry[key] = now + window_ttl(charge.period)
         self._values[key] = value
-        return MeterState(key, value, charge.limit, reset, charge.package)
+        return MeterState(
+            key,
+            value,
+            charge.limit,
+            reset,
+            charge.package,
+            meter=charge.meter,
+            period=charge.period,
+        )
 
     def _count_write(self, now: float) -> None:
         self._writes += 1

@@ -198,6 +198,8 @@ class RedisStore:
                     charge.package,
                     int(packaged),
                     int(over),
+                    charge.meter,
+                    charge.period,
                 )
             )
         return tuple(out)
@@ -246,7 +248,15 @@ class RedisStore:
         raw = await self._script("set_usage", [self._base(account_id, charge)], args)
         key, used, reset = raw
         reset_at = None if int(reset) < 0 else float(reset)
-        return MeterState(str(key), int(used), charge.limit, reset_at, charge.package)
+        return MeterState(
+            str(key),
+            int(used),
+            charge.limit,
+            reset_at,
+            charge.package,
+            meter=charge.meter,
+            period=charge.period,
+        )
 
     # -- records ----------------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ class MeterState:
     #: ``used`` came from the allowance
     from_package: int = 0
     from_overage: int = 0
+    meter: str = ""  # the charge's meter, naming the quota in RateLimit headers
+    period: Period | None = None  # the charge's window kind
 
     @property
     def capacity(self) -> int | None:
