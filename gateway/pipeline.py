@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
@@ -20,6 +21,7 @@ from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER
+from gateway.metering.reported import USAGE_HEADER, Reported, parse_usage
 from gateway.metering.store import Decision, Store
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -66,6 +68,7 @@ class Pipeline:
 
         identity: Identity | None = None
         decision: Decision | None = None
+        costs: tuple[tuple[str, int], ...] = route.consume
         if route.auth:
             credential = credential_from(request.headers)
             if credential is None:
@@ -74,10 +77,11 @@ class Pipeline:
             tier = policy.tier(identity.tier)
             request[TIER_LABEL] = tier.name
             decide.check_gates(policy, tier, route)
-            if route.consume:
+            costs = decide.request_costs(route, request.content_length)
+            if costs:
                 project_id = decide.project_scope(route, identity, params)
                 charges = decide.charges(
-                    policy, tier, identity.account_id, project_id, route.consume, identity
+                    policy, tier, identity.account_id, project_id, costs, identity
                 )
                 started = time.perf_counter()
                 decision = await self._store.consume(identity.account_id, charges)
@@ -98,7 +102,7 @@ class Pipeline:
                     raise refusal
 
         if route.answer is not None:
-            return await self._answer(request, policy, route, params, identity, decision)
+            return await self._answer(request, policy, route, params, identity, decision, costs)
 
         inject = _identity_headers(identity, route) if identity is not None else {}
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
@@ -114,17 +118,24 @@ class Pipeline:
             ) as upstream:
                 answered = True
                 ok = 200 <= upstream.status < 300
-                await self._settle(identity, route, params, decision, answered=True, ok=ok)
+                await self._settle(identity, route, params, decision, costs, answered=True, ok=ok)
                 states = decision.states if decision is not None else ()
                 extra = decide.rate_limit_headers(states, self._clock.now())
                 if decision is not None and decision.degraded:
                     # admitted on the local allowance: the shared count is not known here
                     extra = {DEGRADED_HEADER: "fail-open"}
-                return await relay(request, upstream, extra)
+                reported = parse_usage(policy, upstream.headers.get(USAGE_HEADER))
+                response = await relay(request, upstream, extra)
         except (UpstreamUnavailable, UpstreamTimeout, PayloadTooLarge):
             if not answered:
-                await self._settle(identity, route, params, decision, answered=False, ok=False)
+                await self._settle(
+                    identity, route, params, decision, costs, answered=False, ok=False
+                )
             raise
+        if identity is not None and reported:
+            # after the client has its response: the upstream already did the work
+            await self._record_usage(policy, identity, route, params, reported)
+        return response
 
     async def _answer(
         self,
@@ -134,6 +145,7 @@ class Pipeline:
         params: dict[str, str],
         identity: Identity | None,
         decision: Decision | None,
+        costs: tuple[tuple[str, int], ...],
     ) -> web.StreamResponse:
         """A gateway-answered route: the local handler stands where the forwarder would."""
         handler = self._handlers.get(route.answer or "")
@@ -147,7 +159,14 @@ class Pipeline:
             ok = 200 <= response.status < 300
         finally:
             await self._settle(
-                identity, route, params, decision, answered=True, ok=ok, freed=context.released
+                identity,
+                route,
+                params,
+                decision,
+                costs,
+                answered=True,
+                ok=ok,
+                freed=context.released,
             )
         states = decision.states if decision is not None else ()
         response.headers.update(decide.rate_limit_headers(states, self._clock.now()))
@@ -159,6 +178,7 @@ class Pipeline:
         route: Route,
         params: dict[str, str],
         decision: Decision | None,
+        costs: tuple[tuple[str, int], ...],
         *,
         answered: bool,
         ok: bool,
@@ -170,7 +190,7 @@ class Pipeline:
         policy = self._policy.current
         giveback: list[tuple[str, int]] = []
         if decision is not None:
-            for (name, cost), state in zip(route.consume, decision.states, strict=True):
+            for (name, cost), state in zip(costs, decision.states, strict=True):
                 meter = policy.meters.get(name)
                 if meter is None:
                     continue
@@ -183,14 +203,36 @@ class Pipeline:
         if ok and (route.release or freed):
             tier = policy.tier(identity.tier)
             project_id = decide.project_scope(route, identity, params)
-            costs = [*route.release, *((m, c) for m, c in freed if m in policy.meters)]
-            released = decide.charges(policy, tier, identity.account_id, project_id, costs)
+            freeing = [*route.release, *((m, c) for m, c in freed if m in policy.meters)]
+            released = decide.charges(policy, tier, identity.account_id, project_id, freeing)
             states = await self._store.peek(identity.account_id, released)
             giveback.extend(
                 (state.key, charge.cost) for state, charge in zip(states, released, strict=True)
             )
         if giveback:
             await self._store.release(identity.account_id, giveback)
+
+    async def _record_usage(
+        self,
+        policy: Policy,
+        identity: Identity,
+        route: Route,
+        params: dict[str, str],
+        reported: Sequence[Reported],
+    ) -> None:
+        """Settle what the upstream reported: absolute byte counts, counter increments."""
+        tier = policy.tier(identity.tier)
+        project_id = decide.project_scope(route, identity, params)
+        items = [(r.meter, r.amount) for r in reported]
+        charges = decide.charges(policy, tier, identity.account_id, project_id, items)
+        increments = []
+        for item, charge in zip(reported, charges, strict=True):
+            if item.absolute:
+                await self._store.set_usage(identity.account_id, charge, item.amount)
+            else:
+                increments.append(dataclasses.replace(charge, limit=None))
+        if increments:
+            await self._store.consume(identity.account_id, increments)
 
 
 def _carries_gateway_key(policy: Policy, headers: CIMultiDictProxy[str]) -> bool:

@@ -71,6 +71,13 @@ def history_ttl(policy: Policy, tier: Tier) -> int:
     return -1 if days is None else (days + 1) * 86_400
 
 
+def request_costs(route: Route, content_length: int | None) -> tuple[tuple[str, int], ...]:
+    """What a request consumes: the route's costs, plus a declared body on a storage write."""
+    if route.body_meter is None or content_length is None:
+        return route.consume
+    return (*route.consume, (route.body_meter, content_length))
+
+
 def check_gates(policy: Policy, tier: Tier, route: Route) -> None:
     """Refuse what the tier may not do at all, before anything is metered."""
     if tier.name in route.deny_tiers:

@@ -436,6 +436,7 @@ def _routes(
                 "project_param",
                 "refund",
                 "answer",
+                "body_meter",
             },
             required={"name", "path"},
         )
@@ -492,6 +493,14 @@ def _routes(
             answer = answer_node.str(max_len=63)
             if not _ROUTE_NAME.fullmatch(answer):
                 raise answer_node.fail("a handler name is lowercase letters, digits, '_' and '-'")
+        body_meter = None
+        if (body_node := item.get("body_meter")) is not None:
+            body_meter = body_node.str()
+            found = meters.get(body_meter)
+            if found is None or found.kind != "gauge" or found.unit != "bytes":
+                raise body_node.fail("body_meter names a gauge whose unit is bytes")
+            if not auth:
+                raise body_node.fail("a route without auth cannot meter")
         routes.append(
             Route(
                 name=name,
@@ -506,6 +515,7 @@ def _routes(
                 project_param=project_param,
                 refund=cast(Any, refund),
                 answer=answer,
+                body_meter=body_meter,
             )
         )
     return tuple(routes)

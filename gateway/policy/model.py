@@ -81,6 +81,9 @@ class Route:
     refund: Refund
     # the gateway's own handler that answers instead of the upstream (provisioning, tiers, ...)
     answer: str | None = None
+    # a byte gauge a write's declared Content-Length is charged to, so a write that would pass
+    # the storage limit is refused before it is forwarded (the upstream's report settles it)
+    body_meter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
