@@ -9,6 +9,8 @@ cache invalidation and the next request's single consume already draws on it.
 from __future__ import annotations
 
 import calendar
+import csv
+import io
 import re
 from typing import Any
 
@@ -21,7 +23,7 @@ from gateway.identity.locks import Locks
 from gateway.identity.registry import Account, Registry
 from gateway.metering import decide
 from gateway.metering.clock import Clock
-from gateway.metering.keys import meter_key, source_key
+from gateway.metering.keys import history_key, meter_key, source_key
 from gateway.metering.store import Store
 from gateway.metering.windows import iso, window
 from gateway.policy.billing import Billing, format_money
@@ -30,6 +32,8 @@ from gateway.policy.model import Policy
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_MAX_HISTORY_DAYS = 3660  # ten years: the most one history request reads
+_DEFAULT_HISTORY_DAYS = 365
 
 
 def money(minor: int) -> dict[str, Any]:
@@ -68,6 +72,8 @@ class BillingApi:
             "billing-buy-package": self.buy_package,
             "billing-usage": self.usage,
             "billing-statement": self.own_statement,
+            "billing-history": self.history,
+            "billing-history-export": self.export,
         }
 
     def routes(self) -> list[web.RouteDef]:
@@ -255,6 +261,65 @@ class BillingApi:
             "packages_total": money(packages_total),
             "total": money(total + packages_total),
         }
+
+    # -- analytics history ------------------------------------------------------------------
+
+    async def _history(self, ctx: LocalContext) -> tuple[list[str], list[list[Any]], int | None]:
+        """Meters, rows (oldest day first) and the retention the rows were cut to."""
+        identity = ctx.require_identity()
+        billing = _billing(ctx.policy)
+        tier = ctx.policy.tier(identity.tier)
+        retention = billing.retention_days.get(tier.name)
+        # an unlimited retention keeps every day; a request still reads a bounded range
+        most = retention if retention is not None else _MAX_HISTORY_DAYS
+        raw = ctx.request.query.get("days")
+        days = min(most, _DEFAULT_HISTORY_DAYS)
+        if raw is not None:
+            if not raw.isdigit() or not 1 <= int(raw) <= _MAX_HISTORY_DAYS:
+                raise ValidationError(
+                    f"days is 1 to {_MAX_HISTORY_DAYS}", details={"field": "days", "received": raw}
+                )
+            days = min(int(raw), most)  # beyond the retention nothing is returned
+        meters = [
+            name
+            for name, meter in ctx.policy.meters.items()
+            if meter.kind == "counter" and meter.scope == "account"
+        ]
+        now = self._clock.now()
+        day_ids = [window("day", now - back * 86_400)[0] for back in range(days - 1, -1, -1)]
+        account_id = identity.account_id
+        keys = [history_key(account_id, m, account_id, d) for d in day_ids for m in meters]
+        values = await self._store.read(account_id, keys)
+        rows = [
+            [day, *values[i * len(meters) : (i + 1) * len(meters)]] for i, day in enumerate(day_ids)
+        ]
+        return meters, rows, retention
+
+    async def history(self, ctx: LocalContext) -> web.Response:
+        """Daily usage per meter for the tier's analytics retention (oldest day first)."""
+        meters, rows, retention = await self._history(ctx)
+        return web.json_response(
+            {
+                "retention_days": retention,
+                "meters": meters,
+                "days": [
+                    {"date": row[0], **dict(zip(meters, row[1:], strict=True))} for row in rows
+                ],
+            }
+        )
+
+    async def export(self, ctx: LocalContext) -> web.Response:
+        """The same history as CSV; the route consumes one of the month's analytics exports."""
+        meters, rows, _ = await self._history(ctx)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(["date", *meters])
+        writer.writerows(rows)
+        return web.Response(
+            text=out.getvalue(),
+            content_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="usage-history.csv"'},
+        )
 
     # -- admin ------------------------------------------------------------------------------
 
