@@ -204,3 +204,52 @@ async def test_ops_grant_and_remove_packages(make_gateway: GatewayFactory) -> No
     )
     assert resp.status == 200
     assert (await gw.client.post("/api/logic/run", headers=headers)).status == 429
+
+
+async def test_racing_calls_at_the_package_boundary_admit_exactly_its_capacity(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = await make_gateway()
+    account, headers = await _free_at_logic_limit(gw)
+    resp = await gw.admin.post(
+        f"/admin/accounts/{account}/packages",
+        json={"kind": "logic-engine", "size": "small"},
+        headers=gw.admin_headers,
+    )
+    assert resp.status == 201
+    await gw.set_usage(account, "logic_engine_calls", 19_995)  # 5 package units left
+    results = await asyncio.gather(
+        *(gw.client.post("/api/logic/run", headers=headers) for _ in range(12))
+    )
+    assert sorted(r.status for r in results) == [200] * 5 + [429] * 7
+    # with overage on, the next racing calls are all admitted and each is paid once
+    await gw.client.put(
+        "/api/billing/overage", json={"enabled": True, "logic_engine": True}, headers=headers
+    )
+    results = await asyncio.gather(
+        *(gw.client.post("/api/logic/run", headers=headers) for _ in range(12))
+    )
+    assert [r.status for r in results] == [200] * 12
+    usage = await (await gw.client.get("/api/billing/usage", headers=headers)).json()
+    logic = usage["meters"]["logic_engine_calls"]
+    assert (logic["used"], logic["from_packages"], logic["overage_units"]) == (20_012, 5, 12)
+
+
+async def test_responses_name_every_quota_the_route_touched(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    _, headers = await _free_at_logic_limit(gw)
+    await gw.client.put(
+        "/api/billing/overage", json={"enabled": True, "logic_engine": True}, headers=headers
+    )
+    await gw.client.post("/api/billing/logic-engine-package?package_size=small", headers=headers)
+    resp = await gw.client.post("/api/logic/run", headers=headers)
+    assert resp.status == 200
+    # November 2026 has 30 days; the fake clock stands at 12:00 on the 25th
+    month, left = 30 * 86400, 6 * 86400 - 12 * 3600
+    assert resp.headers["RateLimit-Policy"] == (
+        f'"logic_engine_calls";q=20000;w={month}, "api_calls";q=50000;w={month}'
+    )
+    assert resp.headers["RateLimit"] == (
+        f'"logic_engine_calls";r=9999;t={left}, "api_calls";r=49997;t={left}'
+    )
+    assert resp.headers["RateLimit-Limit"] == "20000"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.policy.model import Meter
-from gateway.policy.source import Node
+from gateway.policy.source import Node, describe
 
 _MONEY = re.compile(r"\$(\d{1,9})(?:\.(\d{1,2}))?")
 _SIZE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}")
@@ -90,7 +90,10 @@ def parse_money(node: Node) -> int:
     text = value if isinstance(value, str) else ""
     found = _MONEY.fullmatch(text.strip())
     if found is None:
-        raise node.fail(f'expected an amount in dollars such as "$0.50", got {value!r}')
+        raise node.fail(
+            f'expected an amount in dollars with at most two decimals such as "$0.50", '
+            f"got {describe(value)}"
+        )
     dollars, cents = found.groups()
     return int(dollars) * 100 + int((cents or "0").ljust(2, "0"))
 
