@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from multidict import CIMultiDictProxy
 
@@ -32,7 +32,8 @@ class Identity:
     overage: frozenset[str] = frozenset()
 
 
-def _billing(policy: Policy, account: Account | None) -> dict[str, object]:
+def _billing(policy: Policy, account: Account | None) -> dict[str, Any]:
+    """The Identity fields the ledger needs: package capacity and overage meters."""
     if account is None or policy.billing is None:
         return {}
     return {
@@ -91,7 +92,7 @@ class Authenticator:
                 project_id=key.project_id,
                 key_id=key.id,
                 organization_id=account.organization_id,
-                **_billing(policy, account),  # type: ignore[arg-type]
+                **_billing(policy, account),
             )
         if self._sessions is not None and SESSION_TOKEN.fullmatch(credential):
             session = await self._sessions.resolve(credential)
@@ -104,7 +105,7 @@ class Authenticator:
                 kind="session",
                 key_id=session.id,
                 organization_id=account.organization_id,
-                **_billing(policy, account),  # type: ignore[arg-type]
+                **_billing(policy, account),
             )
         if credential.count(".") == 2 and self._verifier is not None and self._verifier.enabled:
             claims = self._verifier.verify(credential)
@@ -117,6 +118,6 @@ class Authenticator:
                 tier=org.tier if org is not None else policy.default_tier,
                 kind="jwt",
                 organization_id=claims.tenant,
-                **_billing(policy, org),  # type: ignore[arg-type]
+                **_billing(policy, org),
             )
         raise Unauthenticated("unrecognised credential")
