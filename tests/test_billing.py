@@ -253,3 +253,32 @@ async def test_responses_name_every_quota_the_route_touched(make_gateway: Gatewa
         f'"logic_engine_calls";r=9999;t={left}, "api_calls";r=49997;t={left}'
     )
     assert resp.headers["RateLimit-Limit"] == "20000"
+
+
+async def test_racing_retries_of_one_purchase_buy_once(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    account = await gw.account("starter")
+    key = await gw.key(account, "user_ask_")
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "order-42"}
+    url = "/api/billing/api-calls-package?package_size=medium"
+    results = await asyncio.gather(*(gw.client.post(url, headers=headers) for _ in range(6)))
+    # each answer is the purchase or "busy, retry" while the first is being written
+    assert {r.status for r in results} <= {201, 409}
+    retry = await gw.client.post(url, headers=headers)
+    assert retry.status == 201
+    billing = await (
+        await gw.admin.get(f"/admin/accounts/{account}/billing", headers=gw.admin_headers)
+    ).json()
+    assert [(p["kind"], p["size"], p["units"]) for p in billing["packages"]] == [
+        ("api-calls", "medium", 500_000)
+    ]
+    assert (await retry.json())["package"]["id"] == billing["packages"][0]["id"]
+
+
+async def test_a_statement_needs_a_real_month(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    headers = await gw.caller("free", "user_ask_")
+    for month in ("2026-13", "November", "2026-1"):
+        resp = await gw.client.get(f"/api/billing/statement?month={month}", headers=headers)
+        assert resp.status == 400
+        assert (await resp.json())["details"] == {"field": "month", "received": month}

@@ -11,7 +11,8 @@ and one background probe pings it with exponential backoff until it answers. Whi
   unlimited charges, so they add to the shared count) before it is marked healthy again.
   Units admitted this way are never billed as overage: they join the shared count without
   a source (the account was never asked to pay for units the gateway could not check), and
-  units after recovery are attributed by position as always.
+  units after recovery are attributed by position as always. They are not added to the
+  daily usage history either: history shows what the store decided.
 
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
