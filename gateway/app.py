@@ -16,6 +16,7 @@ from gateway.aio import cancel_and_wait
 from gateway.api.accounts import AccountsApi
 from gateway.api.admin import AdminApi, admin_guard
 from gateway.api.admin_accounts import AdminAccountsApi
+from gateway.api.billing import BillingApi
 from gateway.api.local import LocalHandler, check_handlers
 from gateway.api.ops import OpsApi
 from gateway.api.projects import ProjectsApi
@@ -136,6 +137,7 @@ def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHan
         ),
         ProjectsApi(registry=gateway.registry, locks=Locks(gateway.store, gateway.clock)),
         TiersApi(store=gateway.store, stripe=stripe),
+        billing_api(gateway),
         StripeWebhook(
             settings=settings.stripe,
             registry=gateway.registry,
@@ -145,6 +147,12 @@ def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHan
     ):
         handlers.update(api.handlers())
     return handlers
+
+
+def billing_api(gateway: Gateway) -> BillingApi:
+    return BillingApi(
+        policy=gateway.policy, registry=gateway.registry, store=gateway.store, clock=gateway.clock
+    )
 
 
 def proxy_app(gateway: Gateway) -> web.Application:
@@ -217,7 +225,9 @@ def admin_app(gateway: Gateway) -> web.Application:
         sessions=gateway.sessions,
         store=gateway.store,
     )
-    app.add_routes(ops.routes() + admin.routes() + accounts.routes())
+    app.add_routes(
+        ops.routes() + admin.routes() + accounts.routes() + billing_api(gateway).routes()
+    )
     return app
 
 

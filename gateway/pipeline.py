@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
@@ -14,6 +15,7 @@ from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
+from gateway.metering.reported import USAGE_HEADER, Reported, parse_usage
 from gateway.metering.store import Decision
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -60,6 +62,7 @@ class Pipeline:
 
         identity: Identity | None = None
         decision: Decision | None = None
+        costs: tuple[tuple[str, int], ...] = route.consume
         if route.auth:
             credential = credential_from(request.headers)
             if credential is None:
@@ -68,10 +71,11 @@ class Pipeline:
             tier = policy.tier(identity.tier)
             request[TIER_LABEL] = tier.name
             decide.check_gates(policy, tier, route)
-            if route.consume:
+            costs = decide.request_costs(route, request.content_length)
+            if costs:
                 project_id = decide.project_scope(route, identity, params)
                 charges = decide.charges(
-                    policy, tier, identity.account_id, project_id, route.consume
+                    policy, tier, identity.account_id, project_id, costs, identity
                 )
                 started = time.perf_counter()
                 decision = await self._store.consume(
@@ -94,7 +98,7 @@ class Pipeline:
                     raise refusal
 
         if route.answer is not None:
-            return await self._answer(request, policy, route, params, identity, decision)
+            return await self._answer(request, policy, route, params, identity, decision, costs)
 
         inject = _identity_headers(identity, route) if identity is not None else {}
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
@@ -110,19 +114,26 @@ class Pipeline:
             ) as upstream:
                 answered = True
                 ok = 200 <= upstream.status < 300
-                await self._settle(identity, route, params, decision, answered=True, ok=ok)
-                state = decide.tightest(decision.states) if decision is not None else None
-                extra = decide.rate_limit_headers(state, self._clock.now())
+                await self._settle(identity, route, params, decision, costs, answered=True, ok=ok)
+                states = decision.states if decision is not None else ()
+                extra = decide.rate_limit_headers(states, self._clock.now())
                 if decision is not None and decision.degraded:
                     # admitted on the local allowance: the shared count is not known here
                     extra = {DEGRADED_HEADER: "fail-open"}
-                return await relay(request, upstream, extra)
+                reported = parse_usage(policy, upstream.headers.get(USAGE_HEADER))
+                response = await relay(request, upstream, extra)
         except Exception:
             # whatever stopped the forward before the upstream answered (refused, too slow,
             # a body too large, broken or stalled) leaves nothing consumed that it should not
             if not answered:
-                await self._settle(identity, route, params, decision, answered=False, ok=False)
+                await self._settle(
+                    identity, route, params, decision, costs, answered=False, ok=False
+                )
             raise
+        if identity is not None and reported:
+            # after the client has its response: the upstream already did the work
+            await self._record_usage(policy, identity, route, params, reported)
+        return response
 
     async def _answer(
         self,
@@ -132,6 +143,7 @@ class Pipeline:
         params: dict[str, str],
         identity: Identity | None,
         decision: Decision | None,
+        costs: tuple[tuple[str, int], ...],
     ) -> web.StreamResponse:
         """A gateway-answered route: the local handler stands where the forwarder would."""
         handler = self._handlers.get(route.answer or "")
@@ -145,10 +157,17 @@ class Pipeline:
             ok = 200 <= response.status < 300
         finally:
             await self._settle(
-                identity, route, params, decision, answered=True, ok=ok, freed=context.released
+                identity,
+                route,
+                params,
+                decision,
+                costs,
+                answered=True,
+                ok=ok,
+                freed=context.released,
             )
-        state = decide.tightest(decision.states) if decision is not None else None
-        response.headers.update(decide.rate_limit_headers(state, self._clock.now()))
+        states = decision.states if decision is not None else ()
+        response.headers.update(decide.rate_limit_headers(states, self._clock.now()))
         return response
 
     async def _settle(
@@ -157,6 +176,7 @@ class Pipeline:
         route: Route,
         params: dict[str, str],
         decision: Decision | None,
+        costs: tuple[tuple[str, int], ...],
         *,
         answered: bool,
         ok: bool,
@@ -168,7 +188,7 @@ class Pipeline:
         policy = self._policy.current
         giveback: list[tuple[str, int]] = []
         if decision is not None:
-            for (name, cost), state in zip(route.consume, decision.states, strict=True):
+            for (name, cost), state in zip(costs, decision.states, strict=True):
                 meter = policy.meters.get(name)
                 if meter is None:
                     continue
@@ -181,7 +201,7 @@ class Pipeline:
         if ok and (route.release or freed):
             tier = policy.tier(identity.tier)
             project_id = decide.project_scope(route, identity, params)
-            costs = [
+            freeing = [
                 *route.release,
                 *(
                     (m, c)
@@ -189,10 +209,32 @@ class Pipeline:
                     if m in policy.meters and policy.meters[m].kind == "gauge"
                 ),
             ]
-            released = decide.charges(policy, tier, identity.account_id, project_id, costs)
+            released = decide.charges(policy, tier, identity.account_id, project_id, freeing)
             giveback.extend(decide.releases(identity.account_id, released))
         if giveback:
             await self._store.release(identity.account_id, giveback)
+
+    async def _record_usage(
+        self,
+        policy: Policy,
+        identity: Identity,
+        route: Route,
+        params: dict[str, str],
+        reported: Sequence[Reported],
+    ) -> None:
+        """Settle what the upstream reported: absolute byte counts, counter increments."""
+        tier = policy.tier(identity.tier)
+        project_id = decide.project_scope(route, identity, params)
+        items = [(r.meter, r.amount) for r in reported]
+        charges = decide.charges(policy, tier, identity.account_id, project_id, items)
+        increments = []
+        for item, charge in zip(reported, charges, strict=True):
+            if item.absolute:
+                await self._store.set_usage(identity.account_id, charge, item.amount)
+            else:
+                increments.append(dataclasses.replace(charge, limit=None))
+        if increments:
+            await self._store.consume(identity.account_id, increments)
 
 
 def _carries_gateway_key(policy: Policy, headers: CIMultiDictProxy[str]) -> bool:

@@ -81,6 +81,7 @@ class Upstream:
     requests: list[Seen] = field(default_factory=list)
     status: dict[str, int] = field(default_factory=dict)  # path -> status to answer
     delay: dict[str, float] = field(default_factory=dict)  # path -> seconds before answering
+    reply_headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> headers
     url: URL | None = None
 
     def count(self, prefix: str = "/") -> int:
@@ -97,7 +98,9 @@ class Upstream:
             Seen(request.method, path, request.query_string, dict(request.headers), size)
         )
         return web.json_response(
-            {"ok": True, "path": path, "bytes": size}, status=self.status.get(path, 200)
+            {"ok": True, "path": path, "bytes": size},
+            status=self.status.get(path, 200),
+            headers=self.reply_headers.get(path),
         )
 
 

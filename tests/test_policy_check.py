@@ -76,6 +76,42 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "empty": (1, "", "the file is empty"),
     "tab_garbage": (2, "", "invalid YAML: found character '\\t' that cannot start any token"),
     "not_utf8": (2, "", "not valid UTF-8"),
+    "billing_unknown_key": (
+        19,
+        "billing.overage.meters.calls.cap",
+        "unknown key; expected one of: per, price, switch",
+    ),
+    # money is never a float: a bare number is refused, and so is a fraction of a cent
+    "billing_float_price": (
+        19,
+        "billing.overage.meters.calls.price",
+        'expected an amount in dollars with at most two decimals such as "$0.50", got 0.5',
+    ),
+    "billing_fraction_of_a_cent": (
+        19,
+        "billing.overage.meters.calls.price",
+        'such as "$0.50", got "$0.005"',
+    ),
+    "billing_unknown_switch": (
+        19,
+        "billing.overage.meters.calls.switch",
+        "unknown switch; switches are: calls",
+    ),
+    "billing_package_unknown_meter": (
+        18,
+        "billing.packages.calls.meter",
+        "unknown meter; meters are: calls",
+    ),
+    "billing_missing_retention": (
+        17,
+        "billing.analytics.retention_days",
+        "missing a retention for tier 'free' (days or unlimited)",
+    ),
+    "body_meter_not_bytes": (
+        15,
+        "routes[0].body_meter",
+        "body_meter names a gauge whose unit is bytes",
+    ),
 }
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import Conflict, NotFound, StoreUnavailable
@@ -24,9 +25,21 @@ class Account:
     email: str | None = None
     organization_id: str | None = None
     is_anonymous: bool = False
+    #: packages bought or granted: {id, kind, size, meter, units, price, at, source}
+    packages: list[dict[str, Any]] = field(default_factory=list)
+    #: overage switches: "enabled" (global) and one per switch the policy names
+    overage: dict[str, bool] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def package_units(self) -> Mapping[str, int]:
+        """Purchased capacity per meter, summed over every package the account holds."""
+        out: dict[str, int] = {}
+        for package in self.packages:
+            meter = str(package["meter"])
+            out[meter] = out.get(meter, 0) + int(package["units"])
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from multidict import CIMultiDictProxy
 
 from gateway.errors import Unauthenticated
-from gateway.identity.registry import Registry, org_account_id
+from gateway.identity.registry import Account, Registry, org_account_id
 from gateway.identity.sessions import SESSION_TOKEN, Sessions
 from gateway.identity.tokens import JwtVerifier
 from gateway.policy.model import Policy
@@ -25,6 +26,20 @@ class Identity:
     project_id: str | None = None
     key_id: str | None = None
     organization_id: str | None = None
+    #: purchased capacity per meter and the meters the account pays overage on: carried
+    #: with the cached account so the one metering round trip needs nothing else
+    packages: Mapping[str, int] = field(default_factory=dict)
+    overage: frozenset[str] = frozenset()
+
+
+def _billing(policy: Policy, account: Account | None) -> dict[str, Any]:
+    """The Identity fields the ledger needs: package capacity and overage meters."""
+    if account is None or policy.billing is None:
+        return {}
+    return {
+        "packages": account.package_units(),
+        "overage": policy.billing.overage_meters(account.tier, account.overage),
+    }
 
 
 def credential_from(headers: CIMultiDictProxy[str]) -> str | None:
@@ -77,6 +92,7 @@ class Authenticator:
                 project_id=key.project_id,
                 key_id=key.id,
                 organization_id=account.organization_id,
+                **_billing(policy, account),
             )
         if self._sessions is not None and SESSION_TOKEN.fullmatch(credential):
             session = await self._sessions.resolve(credential)
@@ -89,6 +105,7 @@ class Authenticator:
                 kind="session",
                 key_id=session.id,
                 organization_id=account.organization_id,
+                **_billing(policy, account),
             )
         if credential.count(".") == 2 and self._verifier is not None and self._verifier.enabled:
             claims = self._verifier.verify(credential)
@@ -101,5 +118,6 @@ class Authenticator:
                 tier=org.tier if org is not None else policy.default_tier,
                 kind="jwt",
                 organization_id=claims.tenant,
+                **_billing(policy, org),
             )
         raise Unauthenticated("unrecognised credential")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import FeatureUnavailable, PolicyRefusal, QuotaExceeded, TierForbidden
@@ -11,7 +12,8 @@ from gateway.identity.resolve import Identity
 from gateway.metering.keys import meter_key
 from gateway.metering.store import Charge, MeterState
 from gateway.metering.windows import iso
-from gateway.policy.model import Policy, Route, Template, Tier
+from gateway.policy.billing import format_money
+from gateway.policy.model import Period, Policy, Route, Template, Tier
 from gateway.policy.templates import render
 
 #: the scope id a project-scoped meter uses when the caller names no project
@@ -31,13 +33,33 @@ def charges(
     account_id: str,
     project_id: str | None,
     costs: Sequence[tuple[str, int]],
+    identity: Identity | None = None,
 ) -> list[Charge]:
-    """One Charge per meter, scoped to the account or to the project."""
+    """One Charge per meter, scoped to the account or to the project.
+
+    With the caller's identity, an account-scoped meter carries the account's package
+    capacity, its overage switch, and the tier's analytics retention for daily history.
+    """
+    history = history_ttl(policy, tier) if identity is not None else 0
     out = []
     for name, cost in costs:
         meter = policy.meters[name]
         scope_id = account_id if meter.scope == "account" else (project_id or NO_PROJECT)
-        out.append(Charge(name, scope_id, meter.period, cost, tier.limit(name)))
+        if identity is None or meter.scope != "account":
+            out.append(Charge(name, scope_id, meter.period, cost, tier.limit(name)))
+            continue
+        out.append(
+            Charge(
+                name,
+                scope_id,
+                meter.period,
+                cost,
+                tier.limit(name),
+                identity.packages.get(name, 0),
+                name in identity.overage,
+                history if meter.period is not None else 0,
+            )
+        )
     return out
 
 
@@ -50,6 +72,22 @@ def releases(account_id: str, charges: Sequence[Charge]) -> list[tuple[str, int]
         for c in charges
         if c.period is None
     ]
+
+
+def history_ttl(policy: Policy, tier: Tier) -> int:
+    """Seconds a day of usage history is kept for the tier (-1: for ever, 0: not kept)."""
+    if policy.billing is None or tier.name not in policy.billing.retention_days:
+        return 0
+    days = policy.billing.retention_days[tier.name]
+    # a day more than the retention, so the oldest day shown is still whole
+    return -1 if days is None else (days + 1) * 86_400
+
+
+def request_costs(route: Route, content_length: int | None) -> tuple[tuple[str, int], ...]:
+    """What a request consumes: the route's costs, plus a declared body on a storage write."""
+    if route.body_meter is None or content_length is None:
+        return route.consume
+    return (*route.consume, (route.body_meter, content_length))
 
 
 def check_gates(policy: Policy, tier: Tier, route: Route) -> None:
@@ -97,7 +135,8 @@ def quota_refusal(
     """The policy's answer when ``charge`` would take its meter past the limit."""
     meter = policy.meters[charge.meter]
     current = state.used + charge.cost
-    limit = state.limit if state.limit is not None else 0
+    # what the account may use: the tier's allowance plus the packages it bought
+    limit = state.capacity if state.capacity is not None else 0
     upgrade = policy.cheapest_tier(
         lambda t: (
             t.rank > tier.rank
@@ -121,6 +160,7 @@ def quota_refusal(
         "retry_after": retry_after,
         "retryable": retryable,
     }
+    variables.update(_package_offer(policy, tier, meter.name, current - limit))
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
     refusal: QuotaExceeded = _refusal(
         QuotaExceeded,
@@ -133,7 +173,7 @@ def quota_refusal(
         f"{meter.name} over limit for tier {tier.name}",
         headers,
     )
-    refusal.headers.update(rate_limit_headers(state, now, refused=True))
+    refusal.headers.update(rate_limit_headers([state], now))
     return refusal
 
 
@@ -148,19 +188,83 @@ def _refusal(
     message: str,
     headers: dict[str, str] | None = None,
 ) -> Any:
+    upgrade_price = None
+    if upgrade is not None and policy.billing is not None:
+        price = policy.billing.tier_prices.get(upgrade.name)
+        upgrade_price = None if price is None else format_money(price)
     variables = {
         "tier": tier.name,
         "tier_title": tier.title,
         "retryable": False,
         "upgrade_tier": upgrade.name if upgrade else None,
         "upgrade_tier_title": upgrade.title if upgrade else None,
+        "upgrade_price": upgrade_price,
+        "package": None,
+        "package_price": None,
+        "package_url": None,
         **variables,
     }
+    variables["next_step"] = _next_step(policy, upgrade, variables)
     template: Template = policy.template(tier, decision, subject)
     body = render(template.body, variables)
     return cls(
         message, status=template.status, body=body, headers={**template.headers, **(headers or {})}
     )
+
+
+def _package_offer(policy: Policy, tier: Tier, meter: str, short: int) -> dict[str, Any]:
+    """The cheapest package that adds at least the ``short`` units the request lacks."""
+    billing = policy.billing
+    if billing is None or tier.name in billing.never_overage:
+        return {}
+    for package in billing.packages_for(meter):
+        if package.units >= short:
+            return {
+                "package": package.name,
+                "package_price": format_money(package.price),
+                "package_url": package.url,
+            }
+    return {}
+
+
+def _next_step(
+    policy: Policy, upgrade: Tier | None, variables: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The cheaper of the package and the tier upgrade that would allow the request.
+
+    A package is a one-time price and a tier a monthly one; the lower number wins, and a tier
+    whose price the policy does not list (``Custom``) is offered only when nothing else is.
+    """
+    options: list[tuple[int, dict[str, Any]]] = []
+    billing = policy.billing
+    if variables.get("package") is not None and billing is not None:
+        kind, _, size = str(variables["package"]).partition(":")
+        options.append(
+            (
+                billing.packages[kind][size].price,
+                {
+                    "kind": "package",
+                    "name": variables["package"],
+                    "price": variables["package_price"],
+                    "url": variables["package_url"],
+                },
+            )
+        )
+    if upgrade is not None:
+        monthly = None if billing is None else billing.tier_prices.get(upgrade.name)
+        options.append(
+            (
+                monthly if monthly is not None else 2**62,
+                {
+                    "kind": "tier",
+                    "name": upgrade.name,
+                    "price": None if monthly is None else format_money(monthly),
+                },
+            )
+        )
+    if not options:
+        return None
+    return min(options, key=lambda option: option[0])[1]
 
 
 def tightest(states: Sequence[MeterState]) -> MeterState | None:
@@ -181,17 +285,45 @@ def tightest(states: Sequence[MeterState]) -> MeterState | None:
     return best
 
 
-def rate_limit_headers(
-    state: MeterState | None, now: float, *, refused: bool = False
-) -> dict[str, str]:
-    """``RateLimit-Limit/-Remaining/-Reset`` for one meter (reset only for windows)."""
-    if state is None or state.limit is None:
+def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, str]:
+    """Rate-limit headers for the quotas a request touched.
+
+    ``RateLimit-Limit/-Remaining/-Reset`` describe the tightest meter (reset only for
+    windows). ``RateLimit-Policy`` and ``RateLimit`` are the structured fields (RFC 9651
+    lists) of draft-ietf-httpapi-ratelimit-headers-11 (May 2026): one item per limited
+    meter, named by the meter, with ``q`` (quota: allowance plus packages) and ``w``
+    (the window in seconds) in the policy, ``r`` (remaining) and ``t`` (seconds to reset)
+    in the current state; a live count has no window, so it carries neither ``w`` nor ``t``.
+    """
+    limited = [state for state in states if state.capacity is not None]
+    state = tightest(limited)
+    if state is None:
         return {}
-    remaining = state.limit - state.used if not refused else max(state.limit - state.used, 0)
     headers = {
-        "RateLimit-Limit": str(state.limit),
-        "RateLimit-Remaining": str(max(remaining, 0)),
+        "RateLimit-Limit": str(state.capacity),
+        "RateLimit-Remaining": str(state.remaining),
     }
     if state.reset_at is not None:
         headers["RateLimit-Reset"] = str(max(math.ceil(state.reset_at - now), 0))
+    policies, current = [], []
+    for item in limited:
+        name = '"' + (item.meter or "quota") + '"'
+        window = ""
+        reset = ""
+        if item.reset_at is not None and item.period is not None:
+            window = f";w={_window_seconds(item.period, item.reset_at)}"
+            reset = f";t={max(math.ceil(item.reset_at - now), 0)}"
+        policies.append(f"{name};q={item.capacity}{window}")
+        current.append(f"{name};r={item.remaining}{reset}")
+    headers["RateLimit-Policy"] = ", ".join(policies)
+    headers["RateLimit"] = ", ".join(current)
     return headers
+
+
+def _window_seconds(period: Period, reset_at: float) -> int:
+    """The length of the calendar window ending at ``reset_at``: a day or that month."""
+    if period == "day":
+        return 86_400
+    last = datetime.fromtimestamp(reset_at - 1, UTC)
+    start = datetime(last.year, last.month, 1, tzinfo=UTC).timestamp()
+    return int(reset_at - start)

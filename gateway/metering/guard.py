@@ -12,6 +12,10 @@ The mode is the gateway's ``store_failure_mode`` unless the caller's tier names 
 - ``open``: requests are admitted on a local allowance, at most ``allowance`` units per meter
   of an account per outage in this process, counted here and written back to the store (as
   unlimited charges, so they add to the shared count) before it is marked healthy again.
+  Units admitted this way are never billed as overage: they join the shared count without
+  a source (the account was never asked to pay for units the gateway could not check), and
+  units after recovery are attributed by position as always. They are not added to the
+  daily usage history either: history shows what the store decided.
 
 A command cut off by its budget may still have been applied by Redis after all (a frozen
 server reads it later), so a request refused then can have been counted: an outage can
@@ -183,7 +187,9 @@ class GuardedStore:
         used = [self._ledger.get(entry, 0) for entry in entries]
         refused = None
         for index, charge in enumerate(charges):
-            cap = self._allowance if charge.limit is None else min(self._allowance, charge.limit)
+            # overage and unlimited meters are held to the local allowance alone
+            capacity = None if charge.overage else charge.capacity
+            cap = self._allowance if capacity is None else min(self._allowance, capacity)
             if used[index] + charge.cost > cap:
                 refused = index
                 break
@@ -198,7 +204,17 @@ class GuardedStore:
             if charge.period is not None:
                 period_id, reset_at = window(charge.period, now)
             key = meter_key(account_id, charge.meter, charge.scope_id, period_id)
-            states.append(MeterState(key, value, charge.limit, reset_at))
+            states.append(
+                MeterState(
+                    key,
+                    value,
+                    charge.limit,
+                    reset_at,
+                    charge.package,
+                    meter=charge.meter,
+                    period=charge.period,
+                )
+            )
         return Decision(refused is None, tuple(states), refused, degraded=True)
 
     def _count(self, outcome: str) -> None:
@@ -222,6 +238,9 @@ class GuardedStore:
 
     async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
         return await self._call(lambda: self.inner.peek(account_id, charges))
+
+    async def read(self, account_id: str, keys: Sequence[str]) -> list[int]:
+        return await self._call(lambda: self.inner.read(account_id, keys))
 
     async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
         return await self._call(lambda: self.inner.set_usage(account_id, charge, value))

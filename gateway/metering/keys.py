@@ -35,3 +35,16 @@ def set_key(kind: str, owner_id: str) -> str:
 
 def sequence_key(kind: str) -> str:
     return f"gw:seq:{kind}"
+
+
+def source_key(key: str, source: str) -> str:
+    """The per-source counter of a window key: ``<key>:package`` or ``<key>:overage``.
+
+    The Lua scripts build it the same way (``key .. ":" .. source``).
+    """
+    return f"{key}:{source}"
+
+
+def history_key(account_id: str, meter: str, scope_id: str, day_id: str) -> str:
+    """``gw:{a:42}:m:api_calls:42:h:2026-11-25``: one UTC day of a meter's usage history."""
+    return f"{meter_key(account_id, meter, scope_id, None)}:h:{day_id}"

@@ -8,9 +8,16 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from gateway.metering.clock import Clock
-from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
+from gateway.metering.keys import (
+    history_key,
+    meter_key,
+    record_key,
+    sequence_key,
+    set_key,
+    source_key,
+)
 from gateway.metering.store import Charge, Decision, MeterState
-from gateway.metering.windows import window, window_ttl
+from gateway.metering.windows import SOURCE_TTL, window, window_ttl
 
 # Expired windows are swept every this many writes, so memory stays bounded by live windows.
 _SWEEP_EVERY = 10_000
@@ -46,23 +53,61 @@ class MemoryStore:
             return 0
         return self._values.get(key, 0)
 
+    def _state(self, key: str, reset: float | None, used: int, charge: Charge) -> MeterState:
+        now = self._clock.now()
+        packaged = self._read(source_key(key, "package"), now)
+        over = self._read(source_key(key, "overage"), now)
+        return MeterState(
+            key,
+            used,
+            charge.limit,
+            reset,
+            charge.package,
+            packaged,
+            over,
+            charge.meter,
+            charge.period,
+        )
+
+    def _add(self, key: str, units: int, ttl: float | None, now: float) -> int:
+        """Add to a key, giving a new key its expiry (None: kept for ever)."""
+        value = self._read(key, now)
+        if key not in self._values and ttl is not None:
+            self._expiry[key] = now + ttl
+        self._values[key] = value + units
+        return value + units
+
     async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         now = self._clock.now()
         resolved = [self._resolve(account_id, charge, now) for charge in charges]
         used = [self._read(key, now) for key, _ in resolved]
         for index, charge in enumerate(charges):
-            if charge.limit is not None and used[index] + charge.cost > charge.limit:
+            capacity = charge.capacity
+            if capacity is not None and not charge.overage and used[index] + charge.cost > capacity:
                 states = tuple(
-                    MeterState(key, value, c.limit, reset)
+                    self._state(key, reset, value, c)
                     for (key, reset), value, c in zip(resolved, used, charges, strict=True)
                 )
                 return Decision(False, states, index)
         states_list = []
-        for (key, reset), value, charge in zip(resolved, used, charges, strict=True):
-            if key not in self._values and charge.period is not None:
-                self._expiry[key] = now + window_ttl(charge.period)
-            self._values[key] = value + charge.cost
-            states_list.append(MeterState(key, value + charge.cost, charge.limit, reset))
+        for (key, reset), before, charge in zip(resolved, used, charges, strict=True):
+            ttl = window_ttl(charge.period) if charge.period is not None else None
+            after = self._add(key, charge.cost, ttl, now)
+            if charge.period is not None and charge.limit is not None:
+                capacity = charge.limit + charge.package
+                for source, low, high in (
+                    ("package", charge.limit, capacity),
+                    ("overage", capacity, after),
+                ):
+                    units = max(min(after, high) - max(before, low), 0)
+                    if units:
+                        self._add(source_key(key, source), units, SOURCE_TTL, now)
+            if charge.period is not None and charge.history_ttl != 0:
+                day_id, _ = window("day", now)
+                day = history_key(account_id, charge.meter, charge.scope_id, day_id)
+                keep = None if charge.history_ttl < 0 else charge.history_ttl
+                self._add(day, charge.cost, keep, now)
+            states_list.append(self._state(key, reset, after, charge))
         self._count_write(now)
         return Decision(True, tuple(states_list))
 
@@ -70,14 +115,26 @@ class MemoryStore:
         for key, cost in items:
             if key in self._values:
                 self._values[key] = max(self._values[key] - cost, 0)
+                # the last units drawn go back first: overage, then packages
+                left = cost
+                for source in ("overage", "package"):
+                    counter = source_key(key, source)
+                    if counter in self._values and left > 0:
+                        taken = min(self._values[counter], left)
+                        self._values[counter] -= taken
+                        left -= taken
 
     async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
         now = self._clock.now()
         out = []
         for charge in charges:
             key, reset = self._resolve(account_id, charge, now)
-            out.append(MeterState(key, self._read(key, now), charge.limit, reset))
+            out.append(self._state(key, reset, self._read(key, now), charge))
         return tuple(out)
+
+    async def read(self, account_id: str, keys: Sequence[str]) -> list[int]:
+        now = self._clock.now()
+        return [self._read(key, now) for key in keys]
 
     async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
         now = self._clock.now()
@@ -86,7 +143,15 @@ class MemoryStore:
         if key not in self._values and charge.period is not None:
             self._expiry[key] = now + window_ttl(charge.period)
         self._values[key] = value
-        return MeterState(key, value, charge.limit, reset)
+        return MeterState(
+            key,
+            value,
+            charge.limit,
+            reset,
+            charge.package,
+            meter=charge.meter,
+            period=charge.period,
+        )
 
     def _count_write(self, now: float) -> None:
         self._writes += 1

@@ -45,11 +45,11 @@ from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
 from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
 from gateway.metering.store import Charge, Decision, MeterState
-from gateway.metering.windows import window_ttl
+from gateway.metering.windows import SOURCE_TTL, window_ttl
 
 T = TypeVar("T")
 
-_SCRIPTS = ("consume", "peek", "set_usage", "release")
+_SCRIPTS = ("consume", "peek", "set_usage", "release", "read")
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
 
 
@@ -194,9 +194,21 @@ class RedisStore:
     def _states(raw: Sequence[Any], charges: Sequence[Charge]) -> tuple[MeterState, ...]:
         out = []
         for index, charge in enumerate(charges):
-            key, used, reset = raw[3 * index : 3 * index + 3]
+            key, used, reset, packaged, over = raw[5 * index : 5 * index + 5]
             reset_at = None if int(reset) < 0 else float(reset)
-            out.append(MeterState(str(key), int(used), charge.limit, reset_at))
+            out.append(
+                MeterState(
+                    str(key),
+                    int(used),
+                    charge.limit,
+                    reset_at,
+                    charge.package,
+                    int(packaged),
+                    int(over),
+                    charge.meter,
+                    charge.period,
+                )
+            )
         return tuple(out)
 
     # -- metering ---------------------------------------------------------------------------
@@ -204,10 +216,18 @@ class RedisStore:
     async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         if not charges:
             return Decision(True, ())
-        args: list[Any] = [self._now()]
+        args: list[Any] = [self._now(), SOURCE_TTL]
         for charge in charges:
             limit = -1 if charge.limit is None else charge.limit
-            args += [charge.period or "", charge.cost, limit, self._ttl(charge)]
+            args += [
+                charge.period or "",
+                charge.cost,
+                limit,
+                self._ttl(charge),
+                charge.package,
+                1 if charge.overage else 0,
+                charge.history_ttl,
+            ]
         keys = [self._base(account_id, charge) for charge in charges]
         raw = await self._script("consume", keys, args)
         admitted, refused = int(raw[0]) == 1, int(raw[1])
@@ -225,10 +245,25 @@ class RedisStore:
         args = [self._now(), *(charge.period or "" for charge in charges)]
         return self._states(await self._script("peek", keys, args), charges)
 
+    async def read(self, account_id: str, keys: Sequence[str]) -> list[int]:
+        if not keys:
+            return []
+        return [int(v) for v in await self._script("read", keys, [])]
+
     async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:
         args = [self._now(), charge.period or "", value, self._ttl(charge)]
         raw = await self._script("set_usage", [self._base(account_id, charge)], args)
-        return self._states(raw, [charge])[0]
+        key, used, reset = raw
+        reset_at = None if int(reset) < 0 else float(reset)
+        return MeterState(
+            str(key),
+            int(used),
+            charge.limit,
+            reset_at,
+            charge.package,
+            meter=charge.meter,
+            period=charge.period,
+        )
 
     # -- records ----------------------------------------------------------------------------
 

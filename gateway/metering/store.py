@@ -13,16 +13,34 @@ from typing import Any, Protocol
 
 from gateway.policy.model import Period
 
+#: the sources a unit can be paid from, in the order a decision draws on them
+SOURCES = ("allowance", "package", "overage")
+
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """One meter a decision touches, already resolved to a scope and a limit."""
+    """One meter a decision touches, already resolved to a scope and a limit.
+
+    The ledger of a limited meter is drawn in order: the tier's ``limit`` for the window,
+    then ``package`` (purchased capacity, added to every window), then, if ``overage`` is on,
+    paid overage without bound; with overage off a unit past ``limit + package`` is refused.
+    """
 
     meter: str
     scope_id: str  # the account id, or the project id for project-scoped meters
     period: Period | None  # None for a gauge (a live count)
     cost: int
     limit: int | None  # None: unlimited (still counted)
+    package: int = 0  # purchased capacity beyond the limit
+    overage: bool = False  # counters only: units past limit + package are admitted and paid
+    #: counters only: also count the units in a per-UTC-day history key kept this many
+    #: seconds (0: no history; -1: kept for ever)
+    history_ttl: int = 0
+
+    @property
+    def capacity(self) -> int | None:
+        """What is admitted without overage: the allowance plus packages."""
+        return None if self.limit is None else self.limit + self.package
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +51,23 @@ class MeterState:
     used: int  # after the decision if admitted; unchanged usage if refused
     limit: int | None
     reset_at: float | None  # epoch seconds; None for gauges
+    package: int = 0  # purchased capacity on top of ``limit``
+    #: units of the window paid from packages and from overage (counters only); the rest of
+    #: ``used`` came from the allowance
+    from_package: int = 0
+    from_overage: int = 0
+    meter: str = ""  # the charge's meter, naming the quota in RateLimit headers
+    period: Period | None = None  # the charge's window kind
+
+    @property
+    def capacity(self) -> int | None:
+        return None if self.limit is None else self.limit + self.package
 
     @property
     def remaining(self) -> int | None:
-        return None if self.limit is None else max(self.limit - self.used, 0)
+        """Units left before a refusal or overage: allowance and packages together."""
+        capacity = self.capacity
+        return None if capacity is None else max(capacity - self.used, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +82,38 @@ class Store(Protocol):
     async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         """Check every charge and apply all of them, or none.
 
-        Admitted when, for every charge with a limit, ``used + cost <= limit`` in the
-        charge's current window; then every charge's usage grows by its cost. Refused
-        otherwise, with nothing changed and ``refused`` naming the first charge over.
-        Exact under any concurrency: two callers can never both take the last unit. A
-        counter's window key is created with an expiry; one round trip on remote stores.
+        Admitted when, for every charge with a limit and overage off,
+        ``used + cost <= limit + package`` in the charge's current window; then every
+        charge's usage grows by its cost. Refused otherwise, with nothing changed and
+        ``refused`` naming the first charge over. Exact under any concurrency: two callers
+        can never both take the last unit. A counter's window key is created with an
+        expiry; one round trip on remote stores.
+
+        The ledger: for a limited counter, the units a decision adds are attributed in
+        order to the allowance (positions up to ``limit``), packages (up to
+        ``limit + package``) and overage (beyond), and the package and overage units are
+        added to the window's per-source counters (``keys.source_key``) in the same atomic
+        step, so a unit is paid from exactly one source, once. A charge with
+        ``history_ttl`` also adds its cost to that day's history key (``keys.history_key``).
         """
         ...
 
     async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
         """Give back ``cost`` on each exact key (a refund or a freed live resource).
 
-        Never takes a value below zero; a key that no longer exists stays absent.
+        Never takes a value below zero; a key that no longer exists stays absent. The units
+        given back are the last ones drawn, so they leave the overage counter first, then
+        the package counter, then the allowance (the ledger stays positional).
         """
         ...
 
     async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
         """The charges' meters as they stand now, consuming nothing (costs are ignored)."""
+        ...
+
+    async def read(self, account_id: str, keys: Sequence[str]) -> list[int]:
+        """The values of exact keys of one account (0 for absent or expired), in one round
+        trip: past windows' source counters for statements, day keys for history."""
         ...
 
     async def set_usage(self, account_id: str, charge: Charge, value: int) -> MeterState:

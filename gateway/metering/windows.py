@@ -43,5 +43,10 @@ def window_ttl(period: Period) -> int:
     return 2 * _DAY if period == "day" else 32 * _DAY
 
 
+#: per-source counters (package and overage units of a window) outlive the window by a year,
+#: so a month's overage statement can still be produced long after its counters stop moving
+SOURCE_TTL = 400 * _DAY
+
+
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
+from gateway.policy.billing import parse_billing
 from gateway.policy.model import (
     DECISIONS,
     FailureMode,
@@ -86,6 +87,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
             "routes",
             "responses",
             "table",
+            "billing",
         },
         required={"name", "default_tier", "meters", "tiers", "routes"},
     )
@@ -120,6 +122,12 @@ def _build(top: Node, file: str, digest: str) -> Policy:
         raise default_node.fail(f"unknown tier {default_tier!r}; tiers are: {', '.join(tiers)}")
     routes = _routes(top.child("routes"), meters, features, tiers)
     table = _table(top.get("table"), meters, features, tiers)
+    billing_node = top.get("billing")
+    billing = (
+        parse_billing(billing_node, meters, tuple(tiers), parse_limit)
+        if billing_node is not None
+        else None
+    )
     return Policy(
         name=name,
         file=file,
@@ -133,6 +141,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
         key_types=key_types,
         tenant_claim=tenant_claim,
         table=table,
+        billing=billing,
     )
 
 
@@ -433,6 +442,7 @@ def _routes(
                 "project_param",
                 "refund",
                 "answer",
+                "body_meter",
             },
             required={"name", "path"},
         )
@@ -489,6 +499,14 @@ def _routes(
             answer = answer_node.str(max_len=63)
             if not _ROUTE_NAME.fullmatch(answer):
                 raise answer_node.fail("a handler name is lowercase letters, digits, '_' and '-'")
+        body_meter = None
+        if (body_node := item.get("body_meter")) is not None:
+            body_meter = body_node.str()
+            found = meters.get(body_meter)
+            if found is None or found.kind != "gauge" or found.unit != "bytes":
+                raise body_node.fail("body_meter names a gauge whose unit is bytes")
+            if not auth:
+                raise body_node.fail("a route without auth cannot meter")
         routes.append(
             Route(
                 name=name,
@@ -503,6 +521,7 @@ def _routes(
                 project_param=project_param,
                 refund=cast(Any, refund),
                 answer=answer,
+                body_meter=body_meter,
             )
         )
     return tuple(routes)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from gateway.policy.billing import Billing
 
 MeterKind = Literal["counter", "gauge"]
 Period = Literal["day", "month"]
@@ -81,6 +84,9 @@ class Route:
     refund: Refund
     # the gateway's own handler that answers instead of the upstream (provisioning, tiers, ...)
     answer: str | None = None
+    # a byte gauge a write's declared Content-Length is charged to, so a write that would pass
+    # the storage limit is refused before it is forwarded (the upstream's report settles it)
+    body_meter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,7 @@ class Policy:
     key_types: tuple[KeyType, ...]
     tenant_claim: str
     table: tuple[str, ...]  # row order of `gateway policy show`: meters, features, attributes
+    billing: Billing | None = None  # overage prices, packages, retention (policy/billing.py)
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The first route whose method and pattern match, with its path parameters."""

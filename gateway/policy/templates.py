@@ -35,6 +35,11 @@ VARIABLES: dict[str, str] = {
     "retryable": "whether retrying later can succeed without an upgrade (boolean)",
     "upgrade_tier": "the cheapest tier that would allow the request (null if none)",
     "upgrade_tier_title": "that tier's title",
+    "upgrade_price": "that tier's monthly price, e.g. $29.00 (null if the policy lists none)",
+    "package": "the cheapest package that would allow the request, e.g. logic-engine:small",
+    "package_price": "that package's one-time price, e.g. $5.00 (null without a package)",
+    "package_url": "where to buy that package (null without a package)",
+    "next_step": "the cheapest of that package and that tier: {kind, name, price[, url]}",
 }
 
 

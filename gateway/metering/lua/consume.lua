@@ -1,32 +1,70 @@
--- Check and consume every charge of one request, all or nothing, in one step.
+-- Check and consume every charge of one request, all or nothing, in one step, and record
+-- which source (allowance, package, overage) paid for each unit a limited counter takes.
 -- KEYS[i]: the base key of charge i (keys.meter_key without a period), all under one hash tag.
 -- The script reads and writes KEYS[i] .. ":" .. <window>, computed here from the clock: such a
 -- key is not declared, but it carries the same hash tag, so it lives in the same Cluster slot.
--- ARGV[1]: now, or "" for server time; then per charge: period ("day"|"month"|""), cost,
--- limit (-1: unlimited), ttl seconds for a new window key.
+-- ARGV[1]: now, or "" for server time; ARGV[2]: ttl of per-source counters (statements);
+-- then per charge: period ("day"|"month"|""), cost, limit (-1: unlimited), ttl seconds for a
+-- new window key, package capacity, overage (1|0), history ttl (0: none, -1: no expiry).
 -- Returns {admitted (1|0), refused index (0-based, -1 if admitted), then per charge:
--- exact key, used (after, if admitted), reset epoch (-1 for a gauge)}.
+-- exact key, used (after, if admitted), reset epoch (-1 for a gauge), package units and
+-- overage units of the window (after, if admitted)}.
 local now = clock_now()
+local source_ttl = tonumber(ARGV[2])
 local n = #KEYS
-local keys, used, resets = {}, {}, {}
+local width = 7
+local keys, used, resets, packaged, over = {}, {}, {}, {}, {}
 local refused = -1
 for i = 1, n do
-  local at = 1 + (i - 1) * 4
+  local at = 2 + (i - 1) * width
   keys[i], resets[i] = resolve(KEYS[i], ARGV[at + 1], now)
   used[i] = tonumber(redis.call("GET", keys[i]) or "0")
   local limit = tonumber(ARGV[at + 3])
-  if refused < 0 and limit >= 0 and used[i] + tonumber(ARGV[at + 2]) > limit then
+  local capacity = limit + tonumber(ARGV[at + 5])
+  if refused < 0 and limit >= 0 and ARGV[at + 6] ~= "1"
+      and used[i] + tonumber(ARGV[at + 2]) > capacity then
     refused = i - 1
   end
 end
+
+-- the units a window's positions (before, after] take from [low, high)
+local function share(before, after, low, high)
+  local from = math.max(before, low)
+  local to = math.min(after, high)
+  if to > from then return to - from end
+  return 0
+end
+
+local function add_source(key, units)
+  if units > 0 then
+    local fresh = redis.call("EXISTS", key) == 0
+    redis.call("INCRBY", key, units)
+    if fresh then redis.call("EXPIRE", key, source_ttl) end
+  end
+end
+
 if refused < 0 then
   for i = 1, n do
-    local at = 1 + (i - 1) * 4
+    local at = 2 + (i - 1) * width
+    local period, cost, limit = ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
     local fresh = redis.call("EXISTS", keys[i]) == 0
-    used[i] = redis.call("INCRBY", keys[i], tonumber(ARGV[at + 2]))
+    local before = used[i]
+    used[i] = redis.call("INCRBY", keys[i], cost)
     -- every window key expires, set once when the window's key is created
-    if fresh and ARGV[at + 1] ~= "" then
+    if fresh and period ~= "" then
       redis.call("EXPIRE", keys[i], tonumber(ARGV[at + 4]))
+    end
+    if period ~= "" and limit >= 0 then
+      local capacity = limit + tonumber(ARGV[at + 5])
+      add_source(keys[i] .. ":package", share(before, used[i], limit, capacity))
+      add_source(keys[i] .. ":overage", share(before, used[i], capacity, math.huge))
+    end
+    local history_ttl = tonumber(ARGV[at + 7])
+    if period ~= "" and history_ttl ~= 0 then
+      local day = resolve(KEYS[i] .. ":h", "day", now)
+      local new_day = redis.call("EXISTS", day) == 0
+      redis.call("INCRBY", day, cost)
+      if new_day and history_ttl > 0 then redis.call("EXPIRE", day, history_ttl) end
     end
   end
 end
@@ -35,5 +73,7 @@ for i = 1, n do
   out[#out + 1] = keys[i]
   out[#out + 1] = used[i]
   out[#out + 1] = resets[i]
+  out[#out + 1] = tonumber(redis.call("GET", keys[i] .. ":package") or "0")
+  out[#out + 1] = tonumber(redis.call("GET", keys[i] .. ":overage") or "0")
 end
 return out
