@@ -8,10 +8,12 @@ from collections.abc import Mapping, Sequence
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
+from gateway.accesslog import ENTRY, REQUEST_ID_HEADER, Entry
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import (
     NotFound,
     PayloadTooLarge,
+    PolicyRefusal,
     Unauthenticated,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -23,7 +25,7 @@ from gateway.metering.guard import DEGRADED_HEADER
 from gateway.metering.store import Decision, Store
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.model import Policy, Route
+from gateway.policy.model import Policy, Route, Tier
 from gateway.proxy import headers as identity_headers
 from gateway.proxy.forward import Forwarder, relay
 from gateway.proxy.path import canonical_path
@@ -63,6 +65,8 @@ class Pipeline:
             raise NotFound(f"no route for {request.method} {path}")
         route, params = matched
         request[ROUTE_LABEL] = route.name
+        entry = request.get(ENTRY) or Entry("-", self._clock.now(), request.method, path)
+        entry.route = route.name
 
         identity: Identity | None = None
         decision: Decision | None = None
@@ -73,16 +77,22 @@ class Pipeline:
             identity = await self._auth.identify(policy, credential)
             tier = policy.tier(identity.tier)
             request[TIER_LABEL] = tier.name
-            decide.check_gates(policy, tier, route)
+            entry.account_id, entry.tier = identity.account_id, tier.name
+            entry.project_id = decide.project_scope(route, identity, params)
+            try:
+                decide.check_gates(policy, tier, route)
+            except PolicyRefusal as gate:
+                self._shadow_or_raise(policy, tier, route, entry, gate)
             if route.consume:
-                project_id = decide.project_scope(route, identity, params)
                 charges = decide.charges(
-                    policy, tier, identity.account_id, project_id, route.consume
+                    policy, tier, identity.account_id, entry.project_id, route.consume
                 )
                 started = time.perf_counter()
                 decision = await self._store.consume(identity.account_id, charges)
                 self._metrics.store_seconds.labels("consume").observe(time.perf_counter() - started)
-                if not decision.admitted:
+                if decision.admitted:
+                    entry.meters = [{"meter": c.meter, "cost": c.cost} for c in charges]
+                else:
                     index = decision.refused
                     assert index is not None
                     refusal = decide.quota_refusal(
@@ -95,12 +105,14 @@ class Pipeline:
                     )
                     if decision.degraded:
                         refusal.headers[DEGRADED_HEADER] = "fail-open"
-                    raise refusal
+                    self._shadow_or_raise(policy, tier, route, entry, refusal)
+                    decision = None  # forwarded in shadow: nothing was consumed
 
         if route.answer is not None:
             return await self._answer(request, policy, route, params, identity, decision)
 
         inject = _identity_headers(identity, route) if identity is not None else {}
+        inject[REQUEST_ID_HEADER] = entry.request_id
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
         # verify it too, and so is whatever an unauthenticated route's callers authorise with
         if identity is not None:
@@ -108,23 +120,37 @@ class Pipeline:
         else:
             drop_authorization = _carries_gateway_key(policy, request.headers)
         answered = False
+        started = time.perf_counter()
         try:
             async with self._forwarder.open(
                 request, encoded, inject=inject, drop_authorization=drop_authorization
             ) as upstream:
                 answered = True
+                entry.upstream_seconds = time.perf_counter() - started
                 ok = 200 <= upstream.status < 300
-                await self._settle(identity, route, params, decision, answered=True, ok=ok)
+                await self._settle(policy, identity, route, params, decision, answered=True, ok=ok)
                 state = decide.tightest(decision.states) if decision is not None else None
                 extra = decide.rate_limit_headers(state, self._clock.now())
                 if decision is not None and decision.degraded:
                     # admitted on the local allowance: the shared count is not known here
                     extra = {DEGRADED_HEADER: "fail-open"}
+                extra[REQUEST_ID_HEADER] = entry.request_id
                 return await relay(request, upstream, extra)
         except (UpstreamUnavailable, UpstreamTimeout, PayloadTooLarge):
             if not answered:
-                await self._settle(identity, route, params, decision, answered=False, ok=False)
+                await self._settle(
+                    policy, identity, route, params, decision, answered=False, ok=False
+                )
             raise
+
+    def _shadow_or_raise(
+        self, policy: Policy, tier: Tier, route: Route, entry: Entry, refusal: PolicyRefusal
+    ) -> None:
+        """Raise ``refusal``, unless shadow mode covers it: then count it, log it, go on."""
+        if not policy.shadowed(tier, route):
+            raise refusal
+        self._metrics.shadow_refusals.labels(tier.name, route.name, refusal.outcome).inc()
+        entry.shadow.append(refusal.outcome)
 
     async def _answer(
         self,
@@ -147,7 +173,14 @@ class Pipeline:
             ok = 200 <= response.status < 300
         finally:
             await self._settle(
-                identity, route, params, decision, answered=True, ok=ok, freed=context.released
+                policy,
+                identity,
+                route,
+                params,
+                decision,
+                answered=True,
+                ok=ok,
+                freed=context.released,
             )
         state = decide.tightest(decision.states) if decision is not None else None
         response.headers.update(decide.rate_limit_headers(state, self._clock.now()))
@@ -155,6 +188,7 @@ class Pipeline:
 
     async def _settle(
         self,
+        policy: Policy,
         identity: Identity | None,
         route: Route,
         params: dict[str, str],
@@ -167,7 +201,6 @@ class Pipeline:
         """Give back what the request should not keep; free live resources a delete removed."""
         if identity is None:
             return
-        policy = self._policy.current
         giveback: list[tuple[str, int]] = []
         if decision is not None:
             for (name, cost), state in zip(route.consume, decision.states, strict=True):

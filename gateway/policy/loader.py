@@ -85,6 +85,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
             "routes",
             "responses",
             "table",
+            "shadow",
         },
         required={"name", "default_tier", "meters", "tiers", "routes"},
     )
@@ -132,7 +133,13 @@ def _build(top: Node, file: str, digest: str) -> Policy:
         key_types=key_types,
         tenant_claim=tenant_claim,
         table=table,
+        shadow=_shadow(top),
     )
+
+
+def _shadow(node: Node) -> bool:
+    child = node.get("shadow")
+    return child.bool() if child is not None else False
 
 
 def _table(
@@ -274,7 +281,8 @@ def _tier(
     route_names: set[str],
 ) -> Tier:
     node.mapping(
-        allowed={"title", "limits", "features", "attributes", "responses"}, required={"limits"}
+        allowed={"title", "limits", "features", "attributes", "responses", "shadow"},
+        required={"limits"},
     )
     limits_node = node.child("limits")
     limits: dict[str, int | None] = {}
@@ -319,6 +327,7 @@ def _tier(
         features=frozenset(enabled),
         attributes=attributes,
         responses=responses,
+        shadow=_shadow(node),
     )
 
 
@@ -427,6 +436,7 @@ def _routes(
                 "project_param",
                 "refund",
                 "answer",
+                "shadow",
             },
             required={"name", "path"},
         )
@@ -497,6 +507,7 @@ def _routes(
                 project_param=project_param,
                 refund=cast(Any, refund),
                 answer=answer,
+                shadow=_shadow(item),
             )
         )
     return tuple(routes)

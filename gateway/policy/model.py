@@ -56,6 +56,8 @@ class Tier:
     features: frozenset[str]
     attributes: Mapping[str, str]  # display-only rows: price, support, SLA, ...
     responses: Mapping[str, Template]
+    # shadow: meter and decide, but forward what would be refused (counted and logged)
+    shadow: bool = False
 
     def limit(self, meter: str) -> int | None:
         return self.limits.get(meter)
@@ -78,6 +80,7 @@ class Route:
     refund: Refund
     # the gateway's own handler that answers instead of the upstream (provisioning, tiers, ...)
     answer: str | None = None
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,11 @@ class Policy:
     key_types: tuple[KeyType, ...]
     tenant_claim: str
     table: tuple[str, ...]  # row order of `gateway policy show`: meters, features, attributes
+    shadow: bool = False  # the whole policy in shadow mode
+
+    def shadowed(self, tier: Tier, route: Route) -> bool:
+        """Whether a refusal of ``route`` for ``tier`` is only watched, not enforced."""
+        return self.shadow or tier.shadow or route.shadow
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The first route whose method and pattern match, with its path parameters."""
