@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.accesslog import AccessLog, access_log
 from gateway.aio import cancel_and_wait
 from gateway.api.accounts import AccountsApi
 from gateway.api.admin import AdminApi, admin_guard
 from gateway.api.admin_accounts import AdminAccountsApi
+from gateway.api.admin_policy import AdminPolicyApi
 from gateway.api.billing import BillingApi
 from gateway.api.local import LocalHandler, check_handlers
 from gateway.api.ops import OpsApi
@@ -36,9 +37,10 @@ from gateway.metering.memory import MemoryStore
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import OUTCOME_LABEL, Pipeline
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.loader import load_policy
+from gateway.policy.model import Policy
+from gateway.policy.reload import Reloader, read_policy
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
 from gateway.settings import Settings
 
@@ -56,6 +58,7 @@ class Gateway:
     authenticator: Authenticator
     sessions: Sessions
     users: Users
+    reloader: Reloader
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -90,9 +93,12 @@ def build_gateway(
     registry: CollectorRegistry | None = None,
 ) -> Gateway:
     clock = clock or SystemClock()
-    policy = load_policy(Path(settings.policy))
+    policy, text = read_policy(settings.policy)
     metrics = Metrics(registry or CollectorRegistry())
-    metrics.policy_info.labels(policy.name, policy.digest).set(1)
+    holder = PolicyHolder(policy, clock.now())
+    metrics.policy_active(policy.name, policy.digest, holder.loaded_at)
+    reloader = Reloader(settings.policy, holder, metrics, clock, text)
+    reloader.add_check(_same_tenant_claim(policy.tenant_claim))
     metrics.store_degraded.set(0)
     store = GuardedStore(
         store or open_store(settings.store, clock, timeout_ms=settings.store_timeout_ms),
@@ -109,7 +115,7 @@ def build_gateway(
     return Gateway(
         settings=settings,
         clock=clock,
-        policy=PolicyHolder(policy),
+        policy=holder,
         store=store,
         registry=accounts,
         metrics=metrics,
@@ -118,7 +124,20 @@ def build_gateway(
         ),
         sessions=sessions,
         users=Users(store, clock),
+        reloader=reloader,
     )
+
+
+def _same_tenant_claim(claim: str) -> Callable[[Policy], None]:
+    def check(policy: Policy) -> None:
+        # the JWT verifier is built once with the claim; a new one needs a restart
+        if policy.tenant_claim != claim:
+            raise ValueError(
+                f"{policy.file}: identity.tenant_claim changed from {claim!r} to "
+                f"{policy.tenant_claim!r}; that takes a restart, not a reload"
+            )
+
+    return check
 
 
 def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHandler]:
@@ -157,7 +176,13 @@ def billing_api(gateway: Gateway) -> BillingApi:
 
 def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
-    app = web.Application(middlewares=[error_boundary(metrics=gateway.metrics)])
+    log = AccessLog(settings.access_log) if settings.access_log else None
+    app = web.Application(
+        middlewares=[
+            access_log(log=log, clock=gateway.clock, outcome=OUTCOME_LABEL),
+            error_boundary(metrics=gateway.metrics),
+        ]
+    )
     app[GATEWAY] = gateway
     upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
 
@@ -172,6 +197,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
     stripe = StripeClient(settings.stripe)
     handlers = local_handlers(gateway, stripe)
     check_handlers(gateway.policy.current, handlers)
+    gateway.reloader.add_check(lambda policy: check_handlers(policy, handlers))
     pipeline = Pipeline(
         policy=gateway.policy,
         authenticator=gateway.authenticator,
@@ -197,10 +223,19 @@ def proxy_app(gateway: Gateway) -> web.Application:
         )
         forwarder.attach(session)
         # other processes' registry writes reach this process's identity cache through here
-        invalidations = asyncio.create_task(follow(gateway.store, gateway.registry.cache))
+        tasks = [asyncio.create_task(follow(gateway.store, gateway.registry.cache))]
+        # a reload asked of any worker, or a changed file, reaches this worker through these
+        tasks.append(asyncio.create_task(gateway.reloader.follow(gateway.store)))
+        if settings.policy_watch_seconds > 0:
+            tasks.append(asyncio.create_task(gateway.reloader.watch(settings.policy_watch_seconds)))
+        if log is not None:
+            log.open()
         async with stripe.opened():
             yield
-        await cancel_and_wait(invalidations)
+        for task in tasks:
+            await cancel_and_wait(task)
+        if log is not None:
+            log.close()
         await session.close()
         await gateway.store.close()
 
@@ -225,8 +260,19 @@ def admin_app(gateway: Gateway) -> web.Application:
         sessions=gateway.sessions,
         store=gateway.store,
     )
+    policy = AdminPolicyApi(
+        policy=gateway.policy,
+        reloader=gateway.reloader,
+        authenticator=gateway.authenticator,
+        store=gateway.store,
+        clock=gateway.clock,
+    )
     app.add_routes(
-        ops.routes() + admin.routes() + accounts.routes() + billing_api(gateway).routes()
+        ops.routes()
+        + admin.routes()
+        + accounts.routes()
+        + billing_api(gateway).routes()
+        + policy.routes()
     )
     return app
 

@@ -63,6 +63,8 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
                 status=500,
             )
         finally:
+            # the access log, outside this boundary, reports the same outcome
+            request[OUTCOME_LABEL] = outcome
             if metrics is not None:
                 _record(metrics, request, outcome, started)
 

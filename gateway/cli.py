@@ -1,19 +1,30 @@
-"""The `gateway` command: serve, policy check/show, demo-upstream."""
+"""The `gateway` command: serve, policy check/show/diff/replay, explain, demo-upstream."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.demo import demo_app
+from gateway.explain import explain, parse_request
+from gateway.identity.resolve import Identity
+from gateway.metering.clock import SystemClock
+from gateway.metering.memory import MemoryStore
+from gateway.policy.diff import markdown, policy_diff
 from gateway.policy.loader import load_policy
 from gateway.policy.source import ConfigError
 from gateway.policy.table import tier_table
+from gateway.replay import read_log, replay
 from gateway.server import ServeError, serve
 from gateway.settings import load_settings, parse_address
 
@@ -65,6 +76,38 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     show = policy_commands.add_parser("show", help="print the tier table as Markdown")
     show.add_argument("file", metavar="FILE")
+    diff = policy_commands.add_parser(
+        "diff", help="per tier, the limits, features, routes and error bodies that change"
+    )
+    diff.add_argument("old", metavar="OLD")
+    diff.add_argument("new", metavar="NEW")
+    what_if = policy_commands.add_parser(
+        "replay", help="replay access logs against a candidate policy: what would change"
+    )
+    what_if.add_argument("--policy", required=True, metavar="CANDIDATE", help="policy YAML")
+    what_if.add_argument("logs", nargs="+", metavar="LOG", help="access log files (JSON lines)")
+    what_if.add_argument("--examples", type=int, default=3, metavar="N", help="examples per row")
+    what_if.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+
+    why = commands.add_parser(
+        "explain",
+        help="why a request would be admitted or refused (consumes nothing)",
+        description="Ask a running gateway's admin API (GATEWAY_ADMIN_TOKEN) about a credential, "
+        "or, with --policy and --tier, decide offline for an account with no usage yet.",
+    )
+    why.add_argument("method", metavar="METHOD")
+    why.add_argument("path", metavar="PATH")
+    why.add_argument(
+        "--admin", metavar="URL", default="http://127.0.0.1:9090", help="the admin listener"
+    )
+    why.add_argument(
+        "--credential-env",
+        metavar="NAME",
+        default="GATEWAY_CREDENTIAL",
+        help="the environment variable holding the caller's key or token (kept out of ps)",
+    )
+    why.add_argument("--policy", metavar="FILE", help="explain offline against this policy")
+    why.add_argument("--tier", metavar="TIER", help="offline: the caller's tier")
 
     demo = commands.add_parser("demo-upstream", help="run the bundled demo upstream alone")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8000")
@@ -79,13 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "policy":
             return _policy(args)
+        if args.command == "explain":
+            return _explain(args)
         address = parse_address(args.listen)
         web.run_app(demo_app(), host=address.host, port=address.port, print=None)
         return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (ServeError, ValueError, OSError) as exc:
+    except (ServeError, ValueError, OSError, aiohttp.ClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
@@ -137,9 +182,58 @@ async def _print_demo_key(gateway: Gateway) -> None:
     )
 
 
+def _explain(args: argparse.Namespace) -> int:
+    method, path = parse_request(f"{args.method} {args.path}")
+    if args.policy is not None:
+        policy = load_policy(args.policy)
+        if args.tier is not None and args.tier not in policy.tiers:
+            raise ValueError(f"no tier {args.tier!r}; tiers are: {', '.join(policy.tiers)}")
+        identity = Identity(
+            account_id="offline", tier=args.tier or policy.default_tier, kind="user"
+        )
+        clock = SystemClock()
+        report = asyncio.run(
+            explain(policy, MemoryStore(clock), clock, method, path, identity=identity)
+        )
+    else:
+        report = asyncio.run(_ask_admin(args, method, path))
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _ask_admin(args: argparse.Namespace, method: str, path: str) -> Any:
+    token = os.environ.get("GATEWAY_ADMIN_TOKEN")
+    if not token:
+        raise ValueError("set GATEWAY_ADMIN_TOKEN to ask a running gateway")
+    body: dict[str, str] = {"request": f"{method} {path}"}
+    credential = os.environ.get(args.credential_env)
+    if credential:
+        body["credential"] = credential
+    url = args.admin.rstrip("/") + "/admin/explain"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as resp,
+    ):
+        answer = await resp.json()
+        if resp.status != 200:
+            raise ValueError(f"{url} answered {resp.status}: {answer}")
+        return answer
+
+
 def _policy(args: argparse.Namespace) -> int:
     if args.policy_command == "show":
         sys.stdout.write(tier_table(load_policy(args.file)))
+        return 0
+    if args.policy_command == "diff":
+        sys.stdout.write(markdown(policy_diff(load_policy(args.old), load_policy(args.new))))
+        return 0
+    if args.policy_command == "replay":
+        candidate = load_policy(args.policy)
+        report = asyncio.run(replay(candidate, read_log(args.logs), examples=args.examples))
+        if args.json:
+            print(json.dumps(report.as_json(), indent=2))
+        else:
+            sys.stdout.write(report.markdown())
         return 0
     failed = 0
     for file in args.files:

@@ -10,6 +10,7 @@
     ├── UpstreamUnavailable         502: the upstream refused or reset the connection
     ├── UpstreamTimeout             504: the upstream did not answer in time
     ├── StoreUnavailable            503: the store could not decide within its budget
+    ├── PolicyInvalid               422: a policy reload refused (the old policy stays)
     └── PolicyRefusal               a decision of the policy, body from the policy's templates
         ├── QuotaExceeded           a meter would go over its limit (429 by default)
         ├── FeatureUnavailable      the tier lacks a feature the route needs (402/403)
@@ -158,3 +159,11 @@ class FeatureUnavailable(PolicyRefusal):
 
 class TierForbidden(PolicyRefusal):
     outcome = "tier_forbidden"
+
+
+class PolicyInvalid(GatewayError):
+    """A policy reload was refused; the message names file, line and key path."""
+
+    status = 422
+    code = "POLICY_INVALID"
+    outcome = "bad_request"

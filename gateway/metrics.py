@@ -81,3 +81,28 @@ class Metrics:
             ["name", "digest"],
             registry=registry,
         )
+        self.policy_reloads = Counter(
+            "gateway_policy_reloads_total",
+            "Policy reloads by result: success (validated and active) or failure (old kept).",
+            ["result"],
+            registry=registry,
+        )
+        self.policy_reload_success = Gauge(
+            "gateway_policy_last_reload_success_timestamp_seconds",
+            "When the active policy was last loaded and validated, in Unix seconds.",
+            registry=registry,
+        )
+        self.shadow_refusals = Counter(
+            "gateway_shadow_refusals_total",
+            "Requests a shadowed tier, route or policy would have refused, forwarded instead.",
+            ["tier", "route", "decision"],
+            registry=registry,
+        )
+        for result in ("success", "failure"):
+            self.policy_reloads.labels(result)
+
+    def policy_active(self, name: str, digest: str, loaded_at: float) -> None:
+        """Point ``gateway_policy_info`` at the active policy only."""
+        self.policy_info.clear()
+        self.policy_info.labels(name, digest).set(1)
+        self.policy_reload_success.set(loaded_at)

@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
+from gateway.accesslog import ENTRY, REQUEST_ID_HEADER, Entry
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import NotFound, Unauthenticated
+from gateway.errors import NotFound, PolicyRefusal, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
@@ -19,7 +20,7 @@ from gateway.metering.reported import USAGE_HEADER, Reported, parse_usage
 from gateway.metering.store import Decision
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.model import Policy, Route
+from gateway.policy.model import Policy, Route, Tier
 from gateway.proxy import headers as identity_headers
 from gateway.proxy.forward import Forwarder, relay
 from gateway.proxy.path import canonical_path
@@ -59,6 +60,8 @@ class Pipeline:
             raise NotFound(f"no route for {request.method} {path}")
         route, params = matched
         request[ROUTE_LABEL] = route.name
+        entry = request.get(ENTRY) or Entry("-", self._clock.now(), request.method, path)
+        entry.route = route.name
 
         identity: Identity | None = None
         decision: Decision | None = None
@@ -70,19 +73,25 @@ class Pipeline:
             identity = await self._auth.identify(policy, credential)
             tier = policy.tier(identity.tier)
             request[TIER_LABEL] = tier.name
-            decide.check_gates(policy, tier, route)
+            entry.account_id, entry.tier = identity.account_id, tier.name
+            entry.project_id = decide.project_scope(route, identity, params)
+            try:
+                decide.check_gates(policy, tier, route)
+            except PolicyRefusal as gate:
+                self._shadow_or_raise(policy, tier, route, entry, gate)
             costs = decide.request_costs(route, request.content_length)
             if costs:
-                project_id = decide.project_scope(route, identity, params)
                 charges = decide.charges(
-                    policy, tier, identity.account_id, project_id, costs, identity
+                    policy, tier, identity.account_id, entry.project_id, costs, identity
                 )
                 started = time.perf_counter()
                 decision = await self._store.consume(
                     identity.account_id, charges, failure_mode=tier.store_failure_mode
                 )
                 self._metrics.store_seconds.labels("consume").observe(time.perf_counter() - started)
-                if not decision.admitted:
+                if decision.admitted:
+                    entry.meters = [{"meter": c.meter, "cost": c.cost} for c in charges]
+                else:
                     index = decision.refused
                     assert index is not None
                     refusal = decide.quota_refusal(
@@ -95,12 +104,14 @@ class Pipeline:
                     )
                     if decision.degraded:
                         refusal.headers[DEGRADED_HEADER] = "fail-open"
-                    raise refusal
+                    self._shadow_or_raise(policy, tier, route, entry, refusal)
+                    decision = None  # forwarded in shadow: nothing was consumed
 
         if route.answer is not None:
             return await self._answer(request, policy, route, params, identity, decision, costs)
 
         inject = _identity_headers(identity, route) if identity is not None else {}
+        inject[REQUEST_ID_HEADER] = entry.request_id
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
         # verify it too, and so is whatever an unauthenticated route's callers authorise with
         if identity is not None:
@@ -108,18 +119,23 @@ class Pipeline:
         else:
             drop_authorization = _carries_gateway_key(policy, request.headers)
         answered = False
+        started = time.perf_counter()
         try:
             async with self._forwarder.open(
                 request, encoded, inject=inject, drop_authorization=drop_authorization
             ) as upstream:
                 answered = True
+                entry.upstream_seconds = time.perf_counter() - started
                 ok = 200 <= upstream.status < 300
-                await self._settle(identity, route, params, decision, costs, answered=True, ok=ok)
+                await self._settle(
+                    policy, identity, route, params, decision, costs, answered=True, ok=ok
+                )
                 states = decision.states if decision is not None else ()
                 extra = decide.rate_limit_headers(states, self._clock.now())
                 if decision is not None and decision.degraded:
                     # admitted on the local allowance: the shared count is not known here
                     extra = {DEGRADED_HEADER: "fail-open"}
+                extra[REQUEST_ID_HEADER] = entry.request_id
                 reported = parse_usage(policy, upstream.headers.get(USAGE_HEADER))
                 response = await relay(request, upstream, extra)
         except Exception:
@@ -127,13 +143,22 @@ class Pipeline:
             # a body too large, broken or stalled) leaves nothing consumed that it should not
             if not answered:
                 await self._settle(
-                    identity, route, params, decision, costs, answered=False, ok=False
+                    policy, identity, route, params, decision, costs, answered=False, ok=False
                 )
             raise
         if identity is not None and reported:
             # after the client has its response: the upstream already did the work
             await self._record_usage(policy, identity, route, params, reported)
         return response
+
+    def _shadow_or_raise(
+        self, policy: Policy, tier: Tier, route: Route, entry: Entry, refusal: PolicyRefusal
+    ) -> None:
+        """Raise ``refusal``, unless shadow mode covers it: then count it, log it, go on."""
+        if not policy.shadowed(tier, route):
+            raise refusal
+        self._metrics.shadow_refusals.labels(tier.name, route.name, refusal.outcome).inc()
+        entry.shadow.append(refusal.outcome)
 
     async def _answer(
         self,
@@ -157,6 +182,7 @@ class Pipeline:
             ok = 200 <= response.status < 300
         finally:
             await self._settle(
+                policy,
                 identity,
                 route,
                 params,
@@ -172,6 +198,7 @@ class Pipeline:
 
     async def _settle(
         self,
+        policy: Policy,
         identity: Identity | None,
         route: Route,
         params: dict[str, str],
@@ -185,7 +212,6 @@ class Pipeline:
         """Give back what the request should not keep; free live resources a delete removed."""
         if identity is None:
             return
-        policy = self._policy.current
         giveback: list[tuple[str, int]] = []
         if decision is not None:
             for (name, cost), state in zip(costs, decision.states, strict=True):

@@ -122,6 +122,7 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reloader.try_reload, "SIGHUP")
     try:
         for app, address, reuse in apps:
             runner = GatewayRunner(app, shutdown_timeout=grace, **options)
@@ -179,6 +180,8 @@ def serve(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # SIGHUP reloads the policy: every worker re-reads and validates the file itself
+    signal.signal(signal.SIGHUP, forward)
     for worker in workers:
         worker.join()
     failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
@@ -187,6 +190,8 @@ def serve(
 
 
 def _worker_main(settings: Settings, with_admin: bool) -> None:
+    # a SIGHUP forwarded before the event loop installs its handler must not end the worker
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

@@ -148,6 +148,10 @@ class Settings:
     listen: Address = Address("127.0.0.1", 8080)
     admin_listen: Address = Address("127.0.0.1", 9090)
     policy: str = "policies/agentstack.yaml"
+    # seconds between checks of the policy file for changes (0: only SIGHUP and the admin API)
+    policy_watch_seconds: float = 1.0
+    # the JSON-lines access log: a file path, "-" for stdout, or None for none
+    access_log: str | None = None
     store: str = "memory"
     # every store command must answer within this budget, or the failure mode applies
     store_timeout_ms: int = 250
@@ -185,6 +189,8 @@ KEYS: dict[str, frozenset[str]] = {
             "listen",
             "admin_listen",
             "policy",
+            "policy_watch_seconds",
+            "access_log",
             "store",
             "store_timeout_ms",
             "store_failure_mode",
@@ -272,6 +278,11 @@ def _from_file(path: str) -> Settings:
             values[key] = _convert(child, parse_address)
     if (child := node.get("policy")) is not None:
         values["policy"] = str(_relative(base, child.str()))
+    if (child := node.get("policy_watch_seconds")) is not None:
+        values["policy_watch_seconds"] = child.number(minimum=0)
+    if (child := node.get("access_log")) is not None and child.value is not None:
+        target = child.str()
+        values["access_log"] = target if target == "-" else str(_relative(base, target))
     if (child := node.get("store")) is not None:
         values["store"] = _convert(child, parse_store)
     if (child := node.get("store_timeout_ms")) is not None:

@@ -161,6 +161,7 @@ async def test_the_upstream_gets_the_clients_headers_and_only_ours_besides(
         "x-gateway-key-id",
         "x-gateway-route",
         "x-gateway-tier",
+        "x-request-id",  # the gateway's, so upstream logs can be joined with its access log
     ]
     assert seen["X-Forwarded-Host"] == "gateway.test"
 

@@ -88,6 +88,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
             "responses",
             "table",
             "billing",
+            "shadow",
         },
         required={"name", "default_tier", "meters", "tiers", "routes"},
     )
@@ -142,7 +143,13 @@ def _build(top: Node, file: str, digest: str) -> Policy:
         tenant_claim=tenant_claim,
         table=table,
         billing=billing,
+        shadow=_shadow(top),
     )
+
+
+def _shadow(node: Node) -> bool:
+    child = node.get("shadow")
+    return child.bool() if child is not None else False
 
 
 def _table(
@@ -284,7 +291,15 @@ def _tier(
     route_names: set[str],
 ) -> Tier:
     node.mapping(
-        allowed={"title", "limits", "features", "attributes", "responses", "store_failure_mode"},
+        allowed={
+            "title",
+            "limits",
+            "features",
+            "attributes",
+            "responses",
+            "store_failure_mode",
+            "shadow",
+        },
         required={"limits"},
     )
     limits_node = node.child("limits")
@@ -334,6 +349,7 @@ def _tier(
         attributes=attributes,
         responses=responses,
         store_failure_mode=mode,
+        shadow=_shadow(node),
     )
 
 
@@ -443,6 +459,7 @@ def _routes(
                 "refund",
                 "answer",
                 "body_meter",
+                "shadow",
             },
             required={"name", "path"},
         )
@@ -522,6 +539,7 @@ def _routes(
                 refund=cast(Any, refund),
                 answer=answer,
                 body_meter=body_meter,
+                shadow=_shadow(item),
             )
         )
     return tuple(routes)

@@ -62,6 +62,8 @@ class Tier:
     attributes: Mapping[str, str]  # display-only rows: price, support, SLA, ...
     responses: Mapping[str, Template]
     store_failure_mode: FailureMode | None = None  # None: the gateway's store_failure_mode
+    # shadow: meter and decide, but forward what would be refused (counted and logged)
+    shadow: bool = False
 
     def limit(self, meter: str) -> int | None:
         return self.limits.get(meter)
@@ -87,6 +89,7 @@ class Route:
     # a byte gauge a write's declared Content-Length is charged to, so a write that would pass
     # the storage limit is refused before it is forwarded (the upstream's report settles it)
     body_meter: str | None = None
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,11 @@ class Policy:
     tenant_claim: str
     table: tuple[str, ...]  # row order of `gateway policy show`: meters, features, attributes
     billing: Billing | None = None  # overage prices, packages, retention (policy/billing.py)
+    shadow: bool = False  # the whole policy in shadow mode
+
+    def shadowed(self, tier: Tier, route: Route) -> bool:
+        """Whether a refusal of ``route`` for ``tier`` is only watched, not enforced."""
+        return self.shadow or tier.shadow or route.shadow
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The first route whose method and pattern match, with its path parameters."""

@@ -20,6 +20,7 @@ class ConfigError(Exception):
         self.line = line
         self.path = path
         self.problem = problem
+        self.dotted = format_path(path)
         where = f"{file}:{line}" if line else file
         dotted = format_path(path)
         super().__init__(f"{where} {dotted}: {problem}" if dotted else f"{where}: {problem}")
