@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, Upstream
-from tests.redis_servers import free_port
+from tests.conftest import ROOT, Upstream
+from tests.gateway_process import Served, serve_gateway
 
 WORKERS = 4
 CLIENTS = 600
 REMAINING = 300  # of the anonymous tier's 1,000 Logic Engine calls
-
-
-class Served:
-    def __init__(self, proxy: str, admin: str) -> None:
-        self.proxy = proxy
-        self.admin = admin
-        self.auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -35,53 +24,20 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def gateway_process(
-    store_url: str, upstream: Upstream, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], Served]]:
-    proxy, admin = free_port(), free_port()
-    log = (tmp_path / "gateway.log").open("wb")
+async def served(store_url: str, upstream: Upstream, tmp_path: Path) -> AsyncIterator[Served]:
     # the budget is wide here: this test is about exactness on a loaded 2-core machine,
     # not about timeouts (tests/test_redis_faults.py covers those)
-    command = [
-        sys.executable, "-m", "gateway", "serve",
+    with serve_gateway(
         "--workers", str(WORKERS),
         "--store", store_url,
         "--store-timeout-ms", "10000",
-        "--listen", f"127.0.0.1:{proxy}",
-        "--admin-listen", f"127.0.0.1:{admin}",
         "--upstream", str(upstream.url),
         "--policy", str(ROOT / "policies" / "agentstack.yaml"),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    try:
-        yield process, Served(f"http://127.0.0.1:{proxy}", f"http://127.0.0.1:{admin}")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-
-
-@pytest.fixture
-async def served(
-    gateway_process: tuple[subprocess.Popen[bytes], Served],
-) -> AsyncIterator[Served]:
-    process, served = gateway_process
-    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
-        while True:
-            assert process.poll() is None, "the gateway exited during start-up"
-            try:
-                async with session.get(served.admin + "/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    yield served
+        log_path=tmp_path / "gateway.log",
+    ) as served:  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            await served.ready(session)
+        yield served
 
 
 async def test_racing_clients_across_workers_get_exactly_the_limit(

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, Upstream
+from tests.conftest import Upstream
+from tests.gateway_process import Served, serve_gateway
 from tests.ops_policy import ops_policy, write_policy
-from tests.redis_servers import free_port
 
 # two whole policies: a response under either shows its route name and its limit together
 VARIANTS = {
@@ -28,64 +25,28 @@ RELOADS = 20
 CLIENTS = 4
 
 
-class Gateway:
-    def __init__(self, process: subprocess.Popen[bytes], proxy: str, admin: str) -> None:
-        self.process = process
-        self.proxy = proxy
-        self.admin = admin
-        self.auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
 @pytest.fixture
-def gateway(redis_url: str, upstream: Upstream, tmp_path: Path) -> Iterator[Gateway]:
+def gateway(redis_url: str, upstream: Upstream, tmp_path: Path) -> Iterator[Served]:
     policy = tmp_path / "policy.yaml"
     write_policy(policy, VARIANTS["api-a"])
-    proxy, admin = free_port(), free_port()
-    log = (tmp_path / "gateway.log").open("wb")
-    command = [
-        sys.executable, "-m", "gateway", "serve",
+    with serve_gateway(
         "--workers", "2",
         "--store", redis_url,
         "--store-timeout-ms", "10000",
-        "--listen", f"127.0.0.1:{proxy}",
-        "--admin-listen", f"127.0.0.1:{admin}",
         "--upstream", str(upstream.url),
         "--policy", str(policy),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    try:
-        yield Gateway(process, f"http://127.0.0.1:{proxy}", f"http://127.0.0.1:{admin}")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-
-
-async def _ready(gw: Gateway, session: aiohttp.ClientSession) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            assert gw.process.poll() is None, "the gateway exited during start-up"
-            try:
-                async with session.get(gw.admin + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+        log_path=tmp_path / "gateway.log",
+    ) as served:  # fmt: skip
+        yield served
 
 
 async def test_reloads_under_load_are_whole_and_a_broken_one_changes_nothing(
-    gateway: Gateway, upstream: Upstream, tmp_path: Path
+    gateway: Served, upstream: Upstream, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as admin:
-        await _ready(gateway, admin)
+        await gateway.ready(admin)
         resp = await admin.post(
             gateway.admin + "/admin/accounts", json={"tier": "free"}, headers=gateway.auth
         )
