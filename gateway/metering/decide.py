@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -320,6 +321,7 @@ def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, st
     return headers
 
 
+@functools.lru_cache(maxsize=64)
 def _window_seconds(period: Period, reset_at: float) -> int:
     """The length of the calendar window ending at ``reset_at``: a day or that month."""
     if period == "day":

@@ -54,9 +54,12 @@ class MemoryStore:
         return self._values.get(key, 0)
 
     def _state(self, key: str, reset: float | None, used: int, charge: Charge) -> MeterState:
-        now = self._clock.now()
-        packaged = self._read(source_key(key, "package"), now)
-        over = self._read(source_key(key, "overage"), now)
+        packaged = over = 0
+        # only a limited counter has units paid by packages or overage (see consume)
+        if charge.period is not None and charge.limit is not None:
+            now = self._clock.now()
+            packaged = self._read(source_key(key, "package"), now)
+            over = self._read(source_key(key, "overage"), now)
         return MeterState(
             key,
             used,
