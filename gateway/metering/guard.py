@@ -37,9 +37,8 @@ from typing import Any, TypeVar
 from gateway.aio import cancel_and_wait
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
-from gateway.metering.keys import meter_key
 from gateway.metering.store import Charge, Decision, MeterState, Store
-from gateway.metering.windows import window
+from gateway.metering.windows import window_key
 from gateway.metrics import Metrics
 from gateway.policy.model import FailureMode, Period
 
@@ -200,10 +199,9 @@ class GuardedStore:
         self._count("admitted_open" if refused is None else "refused_open")
         states = []
         for charge, value in zip(charges, used, strict=True):
-            period_id, reset_at = None, None
-            if charge.period is not None:
-                period_id, reset_at = window(charge.period, now)
-            key = meter_key(account_id, charge.meter, charge.scope_id, period_id)
+            key, reset_at = window_key(
+                account_id, charge.meter, charge.scope_id, charge.period, now
+            )
             states.append(
                 MeterState(
                     key,

@@ -10,14 +10,13 @@ from typing import Any
 from gateway.metering.clock import Clock
 from gateway.metering.keys import (
     history_key,
-    meter_key,
     record_key,
     sequence_key,
     set_key,
     source_key,
 )
 from gateway.metering.store import Charge, Decision, MeterState
-from gateway.metering.windows import SOURCE_TTL, window, window_ttl
+from gateway.metering.windows import SOURCE_TTL, window, window_key, window_ttl
 
 # Expired windows are swept every this many writes, so memory stays bounded by live windows.
 _SWEEP_EVERY = 10_000
@@ -39,11 +38,7 @@ class MemoryStore:
     # -- metering ---------------------------------------------------------------------------
 
     def _resolve(self, account_id: str, charge: Charge, now: float) -> tuple[str, float | None]:
-        if charge.period is None:
-            return meter_key(account_id, charge.meter, charge.scope_id, None), None
-        period_id, reset_at = window(charge.period, now)
-        key = meter_key(account_id, charge.meter, charge.scope_id, period_id)
-        return key, reset_at
+        return window_key(account_id, charge.meter, charge.scope_id, charge.period, now)
 
     def _read(self, key: str, now: float) -> int:
         expires = self._expiry.get(key)

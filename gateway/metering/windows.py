@@ -6,6 +6,7 @@ import calendar
 import math
 from datetime import UTC, datetime
 
+from gateway.metering.keys import meter_key
 from gateway.policy.model import Period
 
 _DAY = 86_400
@@ -36,6 +37,17 @@ def window(period: Period, now: float) -> tuple[str, float]:
         window_id = f"{year:04d}-{month:02d}"
     _last[period] = (float(start), float(reset), window_id)
     return window_id, float(reset)
+
+
+def window_key(
+    account_id: str, meter: str, scope_id: str, period: Period | None, now: float
+) -> tuple[str, float | None]:
+    """A meter's key in the window ``now`` falls in, and when that window resets (None for a
+    live count, whose key has no window)."""
+    if period is None:
+        return meter_key(account_id, meter, scope_id, None), None
+    period_id, reset_at = window(period, now)
+    return meter_key(account_id, meter, scope_id, period_id), reset_at
 
 
 def window_ttl(period: Period) -> int:
