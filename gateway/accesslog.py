@@ -11,10 +11,10 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -40,7 +40,7 @@ class Entry:
     project_id: str | None = None
     tier: str | None = None
     route: str | None = None
-    meters: list[dict[str, Any]] = field(default_factory=list)
+    meters: Sequence[tuple[str, int]] = ()  # (meter, cost) consumed; rendered only when logged
     shadow: list[str] = field(default_factory=list)  # refusals a shadow mode let through
     upstream_seconds: float | None = None
 
@@ -54,7 +54,7 @@ class Entry:
             "project_id": self.project_id,
             "tier": self.tier,
             "route": self.route,
-            "meters": self.meters,
+            "meters": [{"meter": meter, "cost": cost} for meter, cost in self.meters],
             "decision": decision,
             "shadow": self.shadow or None,
             "status": status,

@@ -90,7 +90,7 @@ class Pipeline:
                 )
                 self._metrics.store_seconds.labels("consume").observe(time.perf_counter() - started)
                 if decision.admitted:
-                    entry.meters = [{"meter": c.meter, "cost": c.cost} for c in charges]
+                    entry.meters = costs
                 else:
                     index = decision.refused
                     assert index is not None
