@@ -23,7 +23,7 @@ from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy, Route, Tier
 from gateway.proxy import headers as identity_headers
 from gateway.proxy.forward import Forwarder, relay
-from gateway.proxy.path import canonical_path
+from gateway.proxy.path import canonical_path, encode_path
 
 # request-scoped labels the error boundary reads for metrics
 ROUTE_LABEL = web.RequestKey("gateway.route", str)
@@ -55,10 +55,13 @@ class Pipeline:
         # One policy for the whole request, even if a reload lands halfway through it.
         policy = self._policy.current
         path, encoded = canonical_path(request.raw_path.partition("?")[0])
-        matched = policy.match(request.method, path)
+        matched = policy.resolve(request.method, path)
         if matched is None:
             raise NotFound(f"no route for {request.method} {path}")
-        route, params = matched
+        route, params = matched.route, matched.params
+        if matched.path != path:
+            # a lenient route's variant spelling goes up spelled as the pattern is
+            path, encoded = matched.path, encode_path(matched.path)
         request[ROUTE_LABEL] = route.name
         entry = request.get(ENTRY) or Entry("-", self._clock.now(), request.method, path)
         entry.route = route.name
