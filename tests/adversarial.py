@@ -33,6 +33,7 @@ class Reply:
     body: bytes = b'{"ok": true}'
     headers: dict[str, str] = field(default_factory=dict)
     close: bool = False  # close the connection after answering
+    hang_up: bool = False  # close it after answering without saying so (no Connection: close)
 
 
 #: what the upstream does with a request: a reply, or None to close without answering
@@ -54,6 +55,7 @@ class RawUpstream:
         self.received: list[Received] = []
         self.raw: list[bytearray] = []
         self.arrived = asyncio.Event()  # set whenever a request head has been read
+        self.peer_closed: list[asyncio.Event] = []  # per connection: the gateway closed it
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
 
@@ -81,11 +83,13 @@ class RawUpstream:
         index = len(self.raw)
         raw = bytearray()
         self.raw.append(raw)
+        self.peer_closed.append(asyncio.Event())
         self._writers.append(writer)
         try:
             while True:
                 head = await _read_until(reader, b"\r\n\r\n", raw)
                 if head is None:
+                    self.peer_closed[index].set()
                     return
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
@@ -102,9 +106,10 @@ class RawUpstream:
                     return
                 writer.write(_render(reply))
                 await writer.drain()
-                if reply.close:
+                if reply.close or reply.hang_up:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
+            self.peer_closed[index].set()
             return
         finally:
             writer.close()
