@@ -201,6 +201,10 @@ class Policy:
         for route in self.routes:
             if route.methods is not None and method not in route.methods:
                 continue
+            # the loose pattern takes every spelling the exact one does: one regex per route
+            # that cannot match, two for the one that does
+            if route.loose is not None and route.loose.fullmatch(path) is None:
+                continue
             found = route.regex.fullmatch(path)
             if found is not None:
                 return Resolved(route, found.groupdict(), path)
