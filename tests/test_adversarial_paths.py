@@ -15,7 +15,7 @@ from yarl import URL
 from gateway.errors import BadRequest
 from gateway.policy.loader import ConfigError, load_policy, parse_policy
 from gateway.policy.model import PathVariant, Policy
-from gateway.proxy.path import canonical_path
+from gateway.proxy.path import canonical_path, encode_path
 from tests.adversarial import RawUpstream, request_bytes, send_raw
 from tests.conftest import GatewayFactory, Harness
 
@@ -239,3 +239,26 @@ def test_every_case_and_slash_spelling_of_a_route_resolves_to_it_when_lenient(
     assert resolved.route.regex.fullmatch(resolved.path)
     if resolved.route is route:
         assert resolved.path.lower().rstrip("/") == concrete.lower().rstrip("/")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    segments=st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\"),
+            min_size=1,
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    slash=st.booleans(),
+)
+def test_a_rewritten_path_reads_back_as_itself(segments: list[str], slash: bool) -> None:
+    # what a lenient route forwards is encode_path(canonical): the upstream must decode it
+    # to the very path that was matched, whatever the segments hold
+    segments = [s for s in segments if s not in (".", "..")] or ["x"]
+    decoded = "/" + "/".join(segments) + ("/" if slash else "")
+    encoded = encode_path(decoded)
+    assert encoded.isascii()
+    assert canonical_path(encoded) == (decoded, encoded)
