@@ -98,6 +98,9 @@ class JwtSettings:
     secret_env: str = "GATEWAY_JWT_SECRET"  # noqa: S105 - a variable name
     public_key_file: str | None = None
     jwks_file: str | None = None
+    jwks_url: str | None = None  # an identity provider's JWKS, fetched and refreshed
+    jwks_refresh_seconds: float = 300.0
+    jwks_refetch_seconds: float = 10.0  # at most one refetch per interval for unknown kids
     issuer: str | None = None
     audience: str | None = None
     leeway_seconds: float = 30.0
@@ -234,6 +237,9 @@ KEYS: dict[str, frozenset[str]] = {
             "secret_env",
             "public_key_file",
             "jwks_file",
+            "jwks_url",
+            "jwks_refresh_seconds",
+            "jwks_refetch_seconds",
             "issuer",
             "audience",
             "leeway_seconds",
@@ -387,13 +393,21 @@ def _jwt(node: Node, base: Path) -> JwtSettings:
     for key in ("public_key_file", "jwks_file"):
         if (child := node.get(key)) is not None and child.value is not None:
             values[key] = str(_relative(base, child.str()))
+    if (child := node.get("jwks_url")) is not None and child.value is not None:
+        url = child.str(max_len=2000)
+        if not url.startswith(("https://", "http://")):
+            raise child.fail(f"expected an http:// or https:// URL, got {url!r}")
+        values["jwks_url"] = url
     if (child := node.get("leeway_seconds")) is not None:
         values["leeway_seconds"] = child.number()
+    for key in ("jwks_refresh_seconds", "jwks_refetch_seconds"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.number(minimum=1)
     jwt = JwtSettings(**values)
     # an RS/ES algorithm with no key to verify it would refuse every token, silently
     asymmetric = [a for a in jwt.algorithms if not a.startswith("HS")]
-    if asymmetric and jwt.public_key_file is None and jwt.jwks_file is None:
-        raise node.fail(f"{asymmetric[0]} needs public_key_file or jwks_file")
+    if asymmetric and jwt.public_key_file is None and jwt.jwks_file is None and not jwt.jwks_url:
+        raise node.fail(f"{asymmetric[0]} needs public_key_file, jwks_file or jwks_url")
     return jwt
 
 
