@@ -24,6 +24,7 @@ from gateway.api.projects import ProjectsApi
 from gateway.api.stripe import StripeClient, StripeWebhook
 from gateway.api.tiers import TiersApi
 from gateway.boundary import error_boundary
+from gateway.cors import Cors
 from gateway.identity.cache import IdentityCache, follow
 from gateway.identity.jwks import JwksClient
 from gateway.identity.locks import Locks
@@ -195,12 +196,17 @@ def billing_api(gateway: Gateway) -> BillingApi:
 def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     log = AccessLog(settings.access_log) if settings.access_log else None
+    cors = Cors(settings.cors) if settings.cors.allow_origins else None
     app = web.Application(
         middlewares=[
             access_log(log=log, clock=gateway.clock, outcome=OUTCOME_LABEL),
+            # preflights are answered before the error boundary counts a decision
+            *([cors.middleware()] if cors is not None else []),
             error_boundary(metrics=gateway.metrics),
         ]
     )
+    if cors is not None:
+        app.on_response_prepare.append(cors.on_prepare)
     app[GATEWAY] = gateway
     upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
 

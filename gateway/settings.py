@@ -107,6 +107,30 @@ class JwtSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """Browser cross-origin access to the proxy listener (gateway/cors.py); off when no
+    origin is allowed."""
+
+    #: exact origins (``https://app.example.com``), ``https://*.example.com`` for any
+    #: subdomain, or ``*`` for any origin (never with credentials)
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "X-API-Key",
+        "Idempotency-Key",
+        "X-Request-Id",
+        "traceparent",
+        "tracestate",
+    )
+    #: exposed besides the gateway's own response headers (rate limits, Retry-After, ids)
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age_seconds: int = 600
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 8190  # one header line; aiohttp's own default
@@ -176,6 +200,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     accounts: AccountSettings = field(default_factory=AccountSettings)
     stripe: StripeSettings = field(default_factory=StripeSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
         return environ.get(self.admin_token_env) or None
@@ -211,6 +236,17 @@ KEYS: dict[str, frozenset[str]] = {
             "shutdown_grace_seconds",
             "accounts",
             "stripe",
+            "cors",
+        }
+    ),
+    "cors": frozenset(
+        {
+            "allow_origins",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "allow_credentials",
+            "max_age_seconds",
         }
     ),
     "accounts": frozenset(
@@ -343,7 +379,47 @@ def _from_file(path: str) -> Settings:
         values["accounts"] = _accounts(child)
     if (child := node.get("stripe")) is not None:
         values["stripe"] = _stripe(child)
+    if (child := node.get("cors")) is not None:
+        values["cors"] = _cors(child)
     return Settings(**values)
+
+
+_ORIGIN = re.compile(r"(\*|https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token: a header or method
+
+
+def _cors(node: Node) -> CorsSettings:
+    node.mapping(allowed=set(KEYS["cors"]))
+    values: dict[str, Any] = {}
+    if (child := node.get("allow_origins")) is not None:
+        origins = []
+        for item in child.list():
+            origin = item.str(max_len=300)
+            if not _ORIGIN.fullmatch(origin):
+                raise item.fail(
+                    "expected an origin like https://app.example.com (no path or trailing "
+                    f"slash), https://*.example.com or *, got {origin!r}"
+                )
+            origins.append(origin)
+        values["allow_origins"] = tuple(origins)
+    for key in ("allow_methods", "allow_headers", "expose_headers"):
+        if (child := node.get(key)) is not None:
+            names = []
+            for item in child.list():
+                name = item.str(max_len=100)
+                if not _TOKEN.fullmatch(name):
+                    raise item.fail(f"expected a header or method name, got {name!r}")
+                names.append(name.upper() if key == "allow_methods" else name)
+            values[key] = tuple(names)
+    if (child := node.get("allow_credentials")) is not None:
+        values["allow_credentials"] = child.bool()
+    if (child := node.get("max_age_seconds")) is not None:
+        values["max_age_seconds"] = child.int(minimum=0, maximum=86_400)
+    cors = CorsSettings(**values)
+    # browsers refuse credentials with a wildcard origin: say so here, not in a console
+    if cors.allow_credentials and "*" in cors.allow_origins:
+        raise node.fail("allow_credentials cannot be used with allow_origins '*'; list origins")
+    return cors
 
 
 def _accounts(node: Node) -> AccountSettings:
