@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.metering.clock import Clock
+from gateway.trace import TRACEPARENT, TRACESTATE, TraceContext, continue_or_start
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -44,11 +45,13 @@ class Entry:
     refunded: Sequence[tuple[str, int]] = ()  # the part of ``meters`` given back afterwards
     shadow: list[str] = field(default_factory=list)  # refusals a shadow mode let through
     upstream_seconds: float | None = None
+    trace: TraceContext | None = None  # the W3C trace this request belongs to
 
     def line(self, decision: str, status: int, duration: float) -> str:
         doc = {
             "time": iso_time(self.time),
             "request_id": self.request_id,
+            "trace_id": self.trace.trace_id if self.trace is not None else None,
             "method": self.method,
             "path": self.path,
             "account_id": self.account_id,
@@ -120,6 +123,9 @@ def access_log(*, log: AccessLog | None, clock: Clock, outcome: web.RequestKey[s
             time=clock.now(),
             method=request.method,
             path=request.raw_path.partition("?")[0][:2000],
+            trace=continue_or_start(
+                request.headers.get(TRACEPARENT), request.headers.get(TRACESTATE)
+            ),
         )
         request[ENTRY] = entry
         response = await handler(request)
