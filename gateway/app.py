@@ -219,6 +219,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         body_idle=settings.limits.body_idle_seconds,
         write_timeout=settings.client_write_seconds,
         strip_headers=settings.method_override_headers,
+        pool_size=settings.upstream_max_connections,
         trusted_proxies=settings.trusted_proxies,
         metrics=gateway.metrics,
     )

@@ -24,6 +24,7 @@ from yarl import URL
 
 from gateway.errors import (
     BadRequest,
+    GatewayBusy,
     GatewayError,
     PayloadTooLarge,
     RequestTimeout,
@@ -146,6 +147,7 @@ class Forwarder:
         body_idle: float = 15.0,
         write_timeout: float = 60.0,
         strip_headers: Iterable[str] = (),
+        pool_size: int = 0,
         trusted_proxies: Sequence[IpNetwork] = (),
         metrics: Metrics,
     ) -> None:
@@ -160,6 +162,11 @@ class Forwarder:
         self._body_total = body_timeout
         self.write_timeout = write_timeout
         self._strip = frozenset(header_family(name) for name in strip_headers)
+        # responses being relayed, each holding a pooled connection: when they fill the pool,
+        # a request that waited for a connection in vain is the gateway's busyness, not the
+        # upstream's slowness
+        self._pool_size = pool_size
+        self._relaying = 0
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=connect_timeout,
@@ -236,6 +243,11 @@ class Forwarder:
         except aiohttp.ConnectionTimeoutError as exc:
             # no connection in time (pool slot or connect): not a byte was written
             delivery.sent = False
+            if self._pool_size and self._relaying >= self._pool_size:
+                raise GatewayBusy(
+                    "every upstream connection is busy relaying a response; try again",
+                    headers={"Retry-After": "1"},
+                ) from exc
             observed.timeout.inc()
             raise UpstreamTimeout("the upstream did not accept a connection in time") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
@@ -260,6 +272,7 @@ class Forwarder:
             observed.refused.inc()
             raise UpstreamUnavailable("the upstream dropped the connection") from exc
         observed.seconds.observe(time.perf_counter() - started)
+        self._relaying += 1
         try:
             yield response
         except UpstreamBroken:
@@ -267,6 +280,7 @@ class Forwarder:
             raise
         finally:
             # back to the pool when the body was read to the end, closed otherwise
+            self._relaying -= 1
             response.release()
 
     async def _limited(
