@@ -29,6 +29,7 @@ from gateway.proxy.path import canonical_path
 ROUTE_LABEL = web.RequestKey("gateway.route", str)
 TIER_LABEL = web.RequestKey("gateway.tier", str)
 OUTCOME_LABEL = web.RequestKey("gateway.outcome", str)
+METER_LABEL = web.RequestKey("gateway.meter", str)
 
 
 class Pipeline:
@@ -94,6 +95,7 @@ class Pipeline:
                 else:
                     index = decision.refused
                     assert index is not None
+                    request[METER_LABEL] = charges[index].meter
                     refusal = decide.quota_refusal(
                         policy,
                         tier,
@@ -122,7 +124,11 @@ class Pipeline:
         started = time.perf_counter()
         try:
             async with self._forwarder.open(
-                request, encoded, inject=inject, drop_authorization=drop_authorization
+                request,
+                encoded,
+                inject=inject,
+                drop_authorization=drop_authorization,
+                route=route.name,
             ) as upstream:
                 answered = True
                 entry.upstream_seconds = time.perf_counter() - started

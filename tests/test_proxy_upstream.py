@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from gateway.proxy.forward import target_label
 from tests.conftest import GatewayFactory, Harness
 
 CHUNK = b"z" * 65536
@@ -29,9 +30,13 @@ async def usage(gw: Harness, account: str) -> dict[str, int]:
     return {name: meters[name]["used"] for name in ("logic_engine_calls", "api_calls")}
 
 
+def upstream_label(gw: Harness) -> str:
+    return target_label(gw.gateway.settings.upstreams[0][1])
+
+
 def upstream_errors(gw: Harness, kind: str) -> float:
     value = gw.gateway.metrics.registry.get_sample_value(
-        "gateway_upstream_errors_total", {"upstream": "/", "kind": kind}
+        "gateway_upstream_errors_total", {"upstream": upstream_label(gw), "kind": kind}
     )
     return value or 0.0
 
@@ -73,7 +78,8 @@ async def test_upstream_too_slow_is_504_and_refunded(make_gateway: GatewayFactor
     assert resp.status == 200
     assert await usage(gw, account) == {"logic_engine_calls": 1, "api_calls": 1}
     answered = gw.gateway.metrics.registry.get_sample_value(
-        "gateway_upstream_duration_seconds_count", {"upstream": "/"}
+        "gateway_upstream_duration_seconds_count",
+        {"upstream": upstream_label(gw), "route": "logic"},
     )
     assert answered == 1
 

@@ -75,6 +75,12 @@ class Upstreams:
         return None
 
 
+def target_label(url: URL) -> str:
+    """``host:port`` of an upstream URL, the ``upstream`` label of its metrics."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+
+
 class _BodyLimit(Exception):
     """Raised inside the upload stream when the body passes the limit."""
 
@@ -85,16 +91,6 @@ class _BodyBroken(Exception):
 
 class _BodyStalled(Exception):
     """Raised inside the upload stream when the client goes silent mid-body."""
-
-
-class _Observed:
-    """One upstream's metric children, bound once so a request pays no label lookup."""
-
-    def __init__(self, metrics: Metrics, label: str) -> None:
-        self.seconds = metrics.upstream_seconds.labels(label)
-        self.refused = metrics.upstream_errors.labels(label, "refused")
-        self.timeout = metrics.upstream_errors.labels(label, "timeout")
-        self.broken = metrics.upstream_errors.labels(label, "broken")
 
 
 class Forwarder:
@@ -110,8 +106,8 @@ class Forwarder:
     ) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._upstreams = upstreams
-        # labelled by path prefix: bounded by the config, and free of any credentials in URLs
-        self._observed = {u.prefix: _Observed(metrics, u.prefix) for u in upstreams}
+        # labelled by the target's host:port: bounded by the config, free of any credentials
+        self._observed = {u.prefix: metrics.upstream(target_label(u.url)) for u in upstreams}
         self._max_body = max_body_bytes
         # the longest either side may go silent mid-exchange: the upstream before answering
         # or between body chunks, the client between chunks of its body
@@ -136,10 +132,12 @@ class Forwarder:
         *,
         inject: Mapping[str, str],
         drop_authorization: bool,
+        route: str = "-",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send the request upstream and yield the response once its headers have arrived.
 
-        ``path`` is the canonical encoded path, the one the route was matched on. Only the
+        ``path`` is the canonical encoded path, the one the route (named ``route``, for the
+        metrics) was matched on. Only the
         sending is translated into gateway errors: whatever the caller does with the yielded
         response (relaying it to a client that may vanish) keeps its own exceptions.
         """
@@ -190,7 +188,7 @@ class Forwarder:
                 ) from exc
             observed.refused.inc()
             raise UpstreamUnavailable("the upstream refused or dropped the connection") from exc
-        observed.seconds.observe(time.perf_counter() - started)
+        observed.answered(route, response.status, time.perf_counter() - started)
         try:
             yield response
         except UpstreamBroken:
