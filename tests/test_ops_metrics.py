@@ -3,10 +3,13 @@ meter refused, the identity cache, store errors and the idle probe, reload failu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from gateway.proxy.forward import target_label
-from tests.conftest import GatewayFactory, Harness, Upstream
+from tests.conftest import ROOT, GatewayFactory, Harness, Upstream
 from tests.live_scrape import scrape
 from tests.ops_policy import ops_policy, write_policy
 
@@ -137,3 +140,29 @@ async def test_counters_export_no_created_series(
         "gateway_policy_last_reload_failure_timestamp_seconds 0.0",
     ):
         assert line in text
+
+
+def _documented() -> dict[str, set[str]]:
+    """Metric name -> labels, from the table under "## Metrics" in docs/operations.md."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(gateway_\w+)` \| ([^|]*) \|", section, re.MULTILINE)
+    # label names are backticked; their values, in parentheses, are not names
+    return {
+        name: set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", labels))) for name, labels in rows
+    }
+
+
+async def test_every_exported_metric_is_documented_with_its_labels(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    text = await scrape(make_gateway, upstream)
+    documented = _documented()
+    exported: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        labels = {k for s in family.samples for k in s.labels if k != "le"}
+        exported[family.name if family.type != "counter" else family.name + "_total"] = labels
+    assert set(exported) == set(documented)
+    for name, labels in exported.items():
+        # a labelled metric shows its labels once a sample has them
+        assert labels <= documented[name], name
