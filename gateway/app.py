@@ -127,7 +127,9 @@ def build_gateway(
         metrics=metrics,
     )
     cache = IdentityCache(
-        max_entries=settings.identity_cache_entries, ttl=settings.identity_cache_ttl_seconds
+        max_entries=settings.identity_cache_entries,
+        ttl=settings.identity_cache_ttl_seconds,
+        metrics=metrics,
     )
     accounts = Registry(store, clock, cache)
     sessions = Sessions(store, clock, ttl_seconds=settings.accounts.session_ttl_seconds)
@@ -264,6 +266,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         tasks = [asyncio.create_task(follow(gateway.store, gateway.registry.cache))]
         # a reload asked of any worker, or a changed file, reaches this worker through these
         tasks.append(asyncio.create_task(gateway.reloader.follow(gateway.store)))
+        if settings.store_probe_seconds > 0:
+            tasks.append(asyncio.create_task(gateway.store.watch(settings.store_probe_seconds)))
         if settings.policy_watch_seconds > 0:
             tasks.append(asyncio.create_task(gateway.reloader.watch(settings.policy_watch_seconds)))
         if gateway.jwks is not None:
@@ -291,7 +295,7 @@ def admin_app(gateway: Gateway) -> web.Application:
         ]
     )
     app[GATEWAY] = gateway
-    ops = OpsApi(store=gateway.store, metrics=gateway.metrics)
+    ops = OpsApi(store=gateway.store, metrics=gateway.metrics, workers=gateway.settings.workers)
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
     accounts = AdminAccountsApi(
         policy=gateway.policy,

@@ -11,7 +11,7 @@ from aiohttp.typedefs import Middleware
 
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
-from gateway.pipeline import OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
+from gateway.pipeline import METER_LABEL, OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
 from gateway.proxy.forward import HEADERS_SENT, ClientGone, StreamCut
 
 log = logging.getLogger("gateway")
@@ -74,6 +74,9 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
 def _record(metrics: Metrics, request: web.Request, outcome: str, started: float) -> None:
     metrics.in_flight.dec()
     route = request.get(ROUTE_LABEL, "-")
-    metrics.decisions.labels(request.get(TIER_LABEL, "-"), route, outcome).inc()
+    tier = request.get(TIER_LABEL, "-")
+    metrics.decisions.labels(tier, route, outcome).inc()
+    if outcome == "quota_exceeded":
+        metrics.quota_refusals.labels(tier, route, request.get(METER_LABEL, "-")).inc()
     ended = request.get(HEADERS_SENT) or time.perf_counter()
     metrics.request_seconds.labels(route).observe(ended - started)

@@ -30,6 +30,7 @@ from gateway.proxy.path import canonical_path, encode_path
 ROUTE_LABEL = web.RequestKey("gateway.route", str)
 TIER_LABEL = web.RequestKey("gateway.tier", str)
 OUTCOME_LABEL = web.RequestKey("gateway.outcome", str)
+METER_LABEL = web.RequestKey("gateway.meter", str)
 
 
 class Pipeline:
@@ -110,6 +111,7 @@ class Pipeline:
                 else:
                     index = decision.refused
                     assert index is not None
+                    request[METER_LABEL] = charges[index].meter
                     refusal = decide.quota_refusal(
                         policy,
                         tier,
@@ -147,6 +149,7 @@ class Pipeline:
                 drop_authorization=drop_authorization,
                 delivery=delivery,
                 body_meter=streamed,
+                route=route.name,
             ) as upstream:
                 answered = True
                 entry.upstream_seconds = time.perf_counter() - started

@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_options
 from gateway.boundary import error_response
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge
+from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import Address, Settings
 
 log = logging.getLogger("gateway")
@@ -143,11 +148,13 @@ async def run_worker(
             gateway.policy.current.name,
             settings.store.split("@")[-1],
         )
+        gateway.metrics.workers.set(1)
         if on_ready is not None:
             await on_ready(gateway)
         await stop.wait()
         log.info("shutting down: finishing in-flight requests (up to %ss)", grace)
     finally:
+        gateway.metrics.workers.set(0)
         # the proxy listener first, so nothing new arrives while the rest drains
         for runner in runners:
             await runner.cleanup()
@@ -170,8 +177,30 @@ def serve(
         )
         for index in range(settings.workers)
     ]
-    for worker in workers:
-        worker.start()
+    # each worker writes its metric values to files here; the scrape sums them (gateway.metrics)
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    try:
+        _run_workers(workers, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise ServeError(f"workers exited with errors: {', '.join(str(n) for n in failed)}")
+
+
+def _run_workers(workers: Sequence[multiprocessing.process.BaseProcess], metrics_dir: str) -> None:
+    # the variable is read when a worker imports prometheus_client, so it is set for the
+    # spawned processes only: this process keeps its own in-memory values
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        if before is None:
+            del os.environ[MULTIPROC_ENV]
+        else:
+            os.environ[MULTIPROC_ENV] = before
 
     def forward(signum: int, _frame: object) -> None:
         for worker in workers:
@@ -182,11 +211,16 @@ def serve(
     signal.signal(signal.SIGINT, forward)
     # SIGHUP reloads the policy: every worker re-reads and validates the file itself
     signal.signal(signal.SIGHUP, forward)
-    for worker in workers:
-        worker.join()
-    failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
-    if failed:
-        raise ServeError(f"workers exited with errors: {', '.join(str(n) for n in failed)}")
+    running = list(workers)
+    while running:
+        ended = multiprocessing.connection.wait([w.sentinel for w in running])
+        for worker in [w for w in running if w.sentinel in ended]:
+            worker.join()
+            running.remove(worker)
+            # its live gauges (in flight, accepting requests, store state) leave the sums, so
+            # /readyz answers 503 while a worker is gone
+            if worker.pid is not None:
+                mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def _worker_main(settings: Settings, with_admin: bool) -> None:

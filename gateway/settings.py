@@ -189,6 +189,8 @@ class Settings:
     store: str = "memory"
     # every store command must answer within this budget, or the failure mode applies
     store_timeout_ms: int = 250
+    # seconds between pings of a healthy store, so an idle process notices an outage (0: off)
+    store_probe_seconds: float = 2.0
     # closed: refuse with 503 while the store is unreachable; open: admit on a local allowance
     store_failure_mode: Literal["closed", "open"] = "closed"
     # fail open: units each meter of an account may take per outage, counted and written back
@@ -241,6 +243,7 @@ KEYS: dict[str, frozenset[str]] = {
             "access_log",
             "store",
             "store_timeout_ms",
+            "store_probe_seconds",
             "store_failure_mode",
             "store_fail_open_allowance",
             "identity_cache_ttl_seconds",
@@ -360,6 +363,8 @@ def _from_file(path: str) -> Settings:
         values["store"] = _convert(child, parse_store)
     if (child := node.get("store_timeout_ms")) is not None:
         values["store_timeout_ms"] = child.int(minimum=1, maximum=60_000)
+    if (child := node.get("store_probe_seconds")) is not None:
+        values["store_probe_seconds"] = child.number(minimum=0)
     if (child := node.get("store_failure_mode")) is not None:
         values["store_failure_mode"] = child.str(choices=("closed", "open"))
     if (child := node.get("store_fail_open_allowance")) is not None:

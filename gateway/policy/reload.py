@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -39,6 +40,9 @@ class Reloader:
         self._clock = clock
         self._checks: list[Check] = []
         self._seen = _signature(path)
+        # (file digest, reason) of the last failure counted: a retry of the same broken file
+        # (a reconnect, the watch, another SIGHUP) is not a new failure
+        self._failed: tuple[str | None, str] | None = None
 
     def add_check(self, check: Check) -> None:
         """Another test a new policy must pass (raising ValueError) before it is installed."""
@@ -54,7 +58,10 @@ class Reloader:
             for check in self._checks:
                 check(policy)
         except (ConfigError, ValueError) as exc:
-            self._metrics.policy_reloads.labels("failure").inc()
+            failure = (_digest(self.path), str(exc))
+            if failure != self._failed:
+                self._failed = failure
+                self._metrics.policy_reload_failed(self._clock.now())
             log.error(
                 "policy reload (%s) failed; still serving %s (sha256 %s): %s",
                 why,
@@ -63,6 +70,7 @@ class Reloader:
                 exc,
             )
             raise
+        self._failed = None
         now = self._clock.now()
         if policy.digest != current.digest:
             self._holder.swap(policy, now)
@@ -121,6 +129,13 @@ def read_policy(path: str) -> tuple[Policy, str]:
         load_policy(path)  # raises the ConfigError that names the problem
         raise
     return parse_policy(text, path), text
+
+
+def _digest(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:

@@ -105,6 +105,12 @@ class Delivery:
     sent: bool = False
 
 
+def target_label(url: URL) -> str:
+    """``host:port`` of an upstream URL, the ``upstream`` label of its metrics."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+
+
 class _BodyLimit(Exception):
     """Raised inside the upload stream when the body passes the limit."""
 
@@ -125,16 +131,6 @@ class _BodyRefused(Exception):
         self.error = error
 
 
-class _Observed:
-    """One upstream's metric children, bound once so a request pays no label lookup."""
-
-    def __init__(self, metrics: Metrics, label: str) -> None:
-        self.seconds = metrics.upstream_seconds.labels(label)
-        self.refused = metrics.upstream_errors.labels(label, "refused")
-        self.timeout = metrics.upstream_errors.labels(label, "timeout")
-        self.broken = metrics.upstream_errors.labels(label, "broken")
-
-
 class Forwarder:
     def __init__(
         self,
@@ -153,8 +149,8 @@ class Forwarder:
     ) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._upstreams = upstreams
-        # labelled by path prefix: bounded by the config, and free of any credentials in URLs
-        self._observed = {u.prefix: _Observed(metrics, u.prefix) for u in upstreams}
+        # labelled by the target's host:port: bounded by the config, free of any credentials
+        self._observed = {u.prefix: metrics.upstream(target_label(u.url)) for u in upstreams}
         self._max_body = max_body_bytes
         # a client may neither go silent mid-body nor trickle it forever, and must read
         # what it asked for: each holds a handler and an upstream connection
@@ -196,11 +192,13 @@ class Forwarder:
         drop_authorization: bool,
         delivery: Delivery,
         body_meter: BodyMeter | None = None,
+        route: str = "-",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send the request upstream, at most once, and yield the response once its headers
         have arrived.
 
-        ``path`` is the canonical encoded path, the one the route was matched on. Only the
+        ``path`` is the canonical encoded path, the one the route (named ``route``, for the
+        metrics) was matched on. Only the
         sending is translated into gateway errors: whatever the caller does with the yielded
         response (relaying it to a client that may vanish) keeps its own exceptions.
         ``delivery`` tells the caller afterwards whether the upstream may have received it.
@@ -271,7 +269,7 @@ class Forwarder:
                 raise exc.__cause__.error from exc
             observed.refused.inc()
             raise UpstreamUnavailable("the upstream dropped the connection") from exc
-        observed.seconds.observe(time.perf_counter() - started)
+        observed.answered(route, response.status, time.perf_counter() - started)
         self._relaying += 1
         try:
             yield response
