@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -12,6 +15,7 @@ from aiohttp.typedefs import Middleware
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pipeline import OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
+from gateway.proxy.expect import awaiting_body
 from gateway.proxy.forward import HEADERS_SENT, ClientGone, StreamCut
 
 log = logging.getLogger("gateway")
@@ -20,7 +24,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: GatewayError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    response = web.json_response(exc.body(), status=exc.status, headers=exc.headers, dumps=dumps)
+    if exc.close_connection:
+        response.force_close()
+    return response
+
+
+def dumps(body: Any) -> str:
+    """Strict JSON: an error may echo what a client sent, and NaN or Infinity are not JSON."""
+    try:
+        return json.dumps(body, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(body), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def error_boundary(*, metrics: Metrics | None) -> Middleware:
@@ -38,7 +63,11 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
             return response
         except GatewayError as exc:
             outcome = exc.outcome
-            return error_response(exc)
+            response = error_response(exc)
+            if awaiting_body(request):
+                # refused before the client was told to send its body: it never will
+                response.force_close()
+            return response
         except StreamCut as exc:
             # The status line went out long ago: there is no error to render, only the
             # exchange to finish. aiohttp sees a prepared response and closes quietly.

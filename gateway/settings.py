@@ -109,6 +109,13 @@ class Limits:
     max_header_bytes: int = 8190  # one header line; aiohttp's own default
     max_headers: int = 100
     header_timeout_seconds: float = 15.0
+    # a body the gateway reads itself (login, provisioning, billing, admin, Stripe webhook):
+    # all of it within this many seconds, and no pause between chunks longer than the idle
+    body_timeout_seconds: float = 30.0
+    body_idle_seconds: float = 10.0
+    # open connections one client address may hold (0: no cap); behind a load balancer every
+    # connection comes from its address, so leave it off there or set it above its pool
+    max_connections_per_address: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +247,15 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "limits": frozenset(
-        {"max_body_bytes", "max_header_bytes", "max_headers", "header_timeout_seconds"}
+        {
+            "max_body_bytes",
+            "max_header_bytes",
+            "max_headers",
+            "header_timeout_seconds",
+            "body_timeout_seconds",
+            "body_idle_seconds",
+            "max_connections_per_address",
+        }
     ),
 }
 
@@ -403,9 +418,15 @@ def _limits(node: Node) -> Limits:
     for key in ("max_body_bytes", "max_header_bytes", "max_headers"):
         if (child := node.get(key)) is not None:
             values[key] = child.int(minimum=1)
-    if (child := node.get("header_timeout_seconds")) is not None:
-        values["header_timeout_seconds"] = child.number(minimum=0.1)
-    return Limits(**values)
+    if (child := node.get("max_connections_per_address")) is not None:
+        values["max_connections_per_address"] = child.int(minimum=0)
+    for key in ("header_timeout_seconds", "body_timeout_seconds", "body_idle_seconds"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.number(minimum=0.1)
+    limits = Limits(**values)
+    if limits.body_idle_seconds > limits.body_timeout_seconds:
+        raise node.fail("body_idle_seconds cannot be longer than body_timeout_seconds")
+    return limits
 
 
 def _relative(base: Path, value: str) -> Path:

@@ -22,6 +22,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.metrics import Metrics
+from gateway.proxy.expect import send_continue
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -155,6 +156,8 @@ class Forwarder:
         self._forwarding_headers(request, headers)
         data = None
         if request.body_exists:
+            # admitted by every check: only now is a client waiting on Expect told to send
+            await send_continue(request)
             data = self._limited(request)
             if declared is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(declared)
