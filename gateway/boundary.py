@@ -64,9 +64,8 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
         except GatewayError as exc:
             outcome = exc.outcome
             response = error_response(exc)
-            if awaiting_body(request):
-                # refused before the client was told to send its body: it never will
-                response.force_close()
+            if exc.close_connection or awaiting_body(request):
+                return await _answer_and_close(request, response)
             return response
         except StreamCut as exc:
             # The status line went out long ago: there is no error to render, only the
@@ -98,6 +97,19 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
                 _record(metrics, request, outcome, started)
 
     return middleware
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` and close the connection without reading the rest of the body.
+
+    aiohttp would otherwise keep reading (and discarding) an unread body for up to ten
+    seconds before closing: exactly what a stalled client, or one still waiting for
+    ``100 Continue`` before it sends anything, must not be given."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 def _record(metrics: Metrics, request: web.Request, outcome: str, started: float) -> None:
