@@ -112,6 +112,28 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
         "routes[0].body_meter",
         "body_meter names a gauge whose unit is bytes",
     ),
+    # hostile YAML: refused with a place, never a traceback or a 40-second expansion
+    "unknown_tag": (13, "routes[0].path", "unknown tag '!foo'; use plain values"),
+    "python_tag": (2, "default_tier", "unknown tag '!!python/name:os.system'"),
+    "nul_byte": (12, "", "invalid YAML: character U+0000 is not allowed"),
+    "deep_nesting": (14, "", "invalid YAML: the document nests deeper than 64 levels"),
+    "alias_bomb": (16, "x-lol.c[0][0][8]", "more than 100 aliases (*name) are used"),
+    # YAML 1.1 number forms a reviewer misreads: refused, never loaded as 8, 90 or 50
+    "octal_limit": (
+        10,
+        "tiers.free.limits.calls",
+        "010 is a YAML 1.1 number form (octal, read as 8)",
+    ),
+    "sexagesimal_limit": (
+        10,
+        "tiers.free.limits.calls",
+        "1:30 is a YAML 1.1 number form (base 60, read as 90)",
+    ),
+    "hex_limit": (
+        10,
+        "tiers.free.limits.calls",
+        "0x32 is a YAML 1.1 number form (hexadecimal, read as 50)",
+    ),
 }
 
 
