@@ -39,59 +39,83 @@ class Reloader:
         self._clock = clock
         self._checks: list[Check] = []
         self._seen = _signature(path)
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
 
     def add_check(self, check: Check) -> None:
         """Another test a new policy must pass (raising ValueError) before it is installed."""
         self._checks.append(check)
 
-    def reload(self, why: str) -> Policy:
+    async def reload(self, why: str) -> Policy:
         """Install the file's policy and return it; raise ConfigError or ValueError, keeping
-        the active policy, when the file is broken."""
-        self._seen = _signature(self.path)
-        current = self._holder.current
-        try:
-            policy, text = read_policy(self.path)
-            for check in self._checks:
-                check(policy)
-        except (ConfigError, ValueError) as exc:
-            self._metrics.policy_reloads.labels("failure").inc()
-            log.error(
-                "policy reload (%s) failed; still serving %s (sha256 %s): %s",
-                why,
-                current.name,
-                current.digest[:12],
-                exc,
-            )
-            raise
-        now = self._clock.now()
-        if policy.digest != current.digest:
-            self._holder.swap(policy, now)
-            self.text = text
-            log.info(
-                "policy reloaded (%s): %s sha256 %s -> %s",
-                why,
-                policy.name,
-                current.digest[:12],
-                policy.digest[:12],
-            )
-        self._metrics.policy_reloads.labels("success").inc()
-        self._metrics.policy_active(policy.name, policy.digest, now)
-        return policy
+        the active policy, when the file is broken, whatever is wrong with it.
 
-    def try_reload(self, why: str) -> None:
+        The file is read, parsed and checked on a worker thread: a large or hostile file
+        must not stall the requests this event loop is serving. One reload at a time, so
+        an older file never lands after a newer one."""
+        async with self._lock:
+            self._seen = _signature(self.path)
+            current = self._holder.current
+            try:
+                policy, text = await asyncio.to_thread(self._prepare)
+            except Exception as exc:
+                self._metrics.policy_reloads.labels("failure").inc()
+                log.error(
+                    "policy reload (%s) failed; still serving %s (sha256 %s): %s",
+                    why,
+                    current.name,
+                    current.digest[:12],
+                    exc,
+                )
+                if isinstance(exc, ConfigError | ValueError):
+                    raise
+                # a loader bug on some odd input is still a refused file, not a dead caller
+                raise ValueError(f"{self.path}: {type(exc).__name__}: {exc}") from exc
+            now = self._clock.now()
+            if policy.digest != current.digest:
+                self._holder.swap(policy, now)
+                self.text = text
+                log.info(
+                    "policy reloaded (%s): %s sha256 %s -> %s",
+                    why,
+                    policy.name,
+                    current.digest[:12],
+                    policy.digest[:12],
+                )
+            self._metrics.policy_reloads.labels("success").inc()
+            self._metrics.policy_active(policy.name, policy.digest, now)
+            return policy
+
+    def _prepare(self) -> tuple[Policy, str]:
+        policy, text = read_policy(self.path)
+        for check in self._checks:
+            check(policy)
+        return policy, text
+
+    async def try_reload(self, why: str) -> None:
         """Reload where nobody waits for the answer (signal, watcher): the log says how it went."""
         # reload() has logged and counted a failure; the last good policy stays active
-        with contextlib.suppress(ConfigError, ValueError):
-            self.reload(why)
+        with contextlib.suppress(Exception):
+            await self.reload(why)
+
+    def reload_soon(self, why: str) -> None:
+        """Start a reload from a signal handler, which cannot wait for it."""
+        task = asyncio.get_running_loop().create_task(self.try_reload(why))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def watch(self, interval: float) -> None:
         """Reload whenever the file's modification time, size or inode change, until cancelled.
 
-        The inode catches a Kubernetes ConfigMap update, which swaps a symlink."""
+        The inode catches a Kubernetes ConfigMap update, which swaps a symlink. Nothing a
+        file holds stops the watch: a broken edit is a counted failure, the next one loads."""
         while True:
             await asyncio.sleep(interval)
-            if _signature(self.path) != self._seen:
-                self.try_reload("file changed")
+            try:
+                if _signature(self.path) != self._seen:
+                    await self.try_reload("file changed")
+            except Exception:
+                log.exception("policy file watch: unexpected error; still watching")
 
     async def follow(self, store: Store, *, max_backoff: float = 5.0) -> None:
         """Reload when any process asks through the store, until cancelled; never raises."""
@@ -104,13 +128,13 @@ class Reloader:
                         # "" confirms the subscription; the worker that was asked has the new
                         # policy already, and so may this one, by its watch
                         if digest and digest != self._holder.current.digest:
-                            self.try_reload("requested through the admin API")
+                            await self.try_reload("requested through the admin API")
             except StoreUnavailable as exc:
                 log.warning("policy reload notifications lost (%s); retrying", exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
             # a request may have been published while we were not listening
-            self.try_reload("reconnected to the store")
+            await self.try_reload("reconnected to the store")
 
 
 def read_policy(path: str) -> tuple[Policy, str]:
