@@ -95,6 +95,7 @@ def build_gateway(
     registry: CollectorRegistry | None = None,
 ) -> Gateway:
     clock = clock or SystemClock()
+    settings.admin_token()  # a token too short to guard the admin API stops the start here
     policy, text = read_policy(settings.policy)
     metrics = Metrics(registry or CollectorRegistry())
     holder = PolicyHolder(policy, clock.now())

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from yarl import URL
 
 from gateway.identity.tokens import SUPPORTED
+from gateway.metering.redis_store import check_db
 from gateway.policy.source import ConfigError, Node, load_source, root
 
 
@@ -86,10 +87,14 @@ def parse_store(text: str) -> str:
             f"expected 'memory' or a redis:// URL (schemes: {', '.join(_STORE_SCHEMES)}), "
             f"got {text.split('@')[-1]!r}"
         )
+    check_db(text)
     return text
 
 
 _STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+#: like the JWT secret's floor: 32 bytes (256 bits if random) cannot be guessed online
+MIN_ADMIN_TOKEN_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,17 @@ class Settings:
     stripe: StripeSettings = field(default_factory=StripeSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
-        return environ.get(self.admin_token_env) or None
+        """The admin API's bearer token, or None (the admin API is then disabled).
+
+        Refused when shorter than ``MIN_ADMIN_TOKEN_BYTES``: it guards every account and key,
+        and a short one falls to guessing through the admin listener."""
+        value = environ.get(self.admin_token_env) or None
+        if value is not None and len(value.encode("utf-8")) < MIN_ADMIN_TOKEN_BYTES:
+            raise ValueError(
+                f"{self.admin_token_env} is {len(value.encode('utf-8'))} bytes; the admin token "
+                f"needs at least {MIN_ADMIN_TOKEN_BYTES} (for example: openssl rand -hex 32)"
+            )
+        return value
 
     def jwt_secret(self, environ: Mapping[str, str] = os.environ) -> bytes | None:
         value = environ.get(self.jwt.secret_env)
