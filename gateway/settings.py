@@ -130,6 +130,11 @@ class AccountSettings:
     provisions_per_address_per_day: int | None = 20  # None: no abuse guard
     session_ttl_seconds: float = 7 * 86400.0
     min_password_length: int = 8
+    # login attempts that may fail per account and per client address in each window;
+    # past either, 429 with Retry-After until the window ends (None: no limit)
+    login_failures_per_account: int | None = 10
+    login_failures_per_address: int | None = 100
+    login_window_seconds: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +238,14 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "accounts": frozenset(
-        {"provisions_per_address_per_day", "session_ttl_seconds", "min_password_length"}
+        {
+            "provisions_per_address_per_day",
+            "session_ttl_seconds",
+            "min_password_length",
+            "login_failures_per_account",
+            "login_failures_per_address",
+            "login_window_seconds",
+        }
     ),
     "stripe": frozenset(
         {
@@ -373,9 +385,16 @@ def _from_file(path: str) -> Settings:
 def _accounts(node: Node) -> AccountSettings:
     node.mapping(allowed=set(KEYS["accounts"]))
     values: dict[str, Any] = {}
-    if (child := node.get("provisions_per_address_per_day")) is not None:
-        unlimited = isinstance(child.value, str) and child.value == "unlimited"
-        values["provisions_per_address_per_day"] = None if unlimited else child.int(minimum=1)
+    for key in (
+        "provisions_per_address_per_day",
+        "login_failures_per_account",
+        "login_failures_per_address",
+    ):
+        if (child := node.get(key)) is not None:
+            unlimited = isinstance(child.value, str) and child.value == "unlimited"
+            values[key] = None if unlimited else child.int(minimum=1)
+    if (child := node.get("login_window_seconds")) is not None:
+        values["login_window_seconds"] = child.number(minimum=1)
     if (child := node.get("session_ttl_seconds")) is not None:
         values["session_ttl_seconds"] = child.number(minimum=60)
     if (child := node.get("min_password_length")) is not None:
