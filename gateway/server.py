@@ -217,6 +217,27 @@ async def run_worker(
             await runner.cleanup()
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard limit, as Go programs do at start.
+
+    Every client connection holds a descriptor, and the soft limit many systems hand a
+    process (1024, or 256) runs out under a few hundred slow clients; past it accept()
+    fails and healthy callers are reset. Workers inherit the raised limit."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
+            return
+        log.info("raised the open-file limit from %s to %s", soft, target)
+
+
 def serve(
     settings: Settings,
     *,
@@ -224,6 +245,7 @@ def serve(
     extra_sites: list[tuple[web.Application, Address]] | None = None,
 ) -> None:
     check_workers(settings)
+    raise_open_file_limit()
     if settings.workers == 1:
         run_loop(run_worker(settings, on_ready=on_ready, extra_sites=extra_sites))
         return
