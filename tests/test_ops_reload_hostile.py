@@ -11,6 +11,7 @@ import pytest
 
 from gateway.policy import reload as reload_module
 from gateway.policy.model import Policy
+from gateway.policy.source import MAX_BYTES
 from tests.conftest import GatewayFactory, Harness
 from tests.ops_policy import ops_policy, write_policy
 
@@ -29,6 +30,7 @@ HOSTILE = {
         for p, n in zip("abcdefg", "bcdefgh", strict=True)
     ),
     "YAML 1.1 octal": ops_policy().replace("calls: 3", "calls: 010"),
+    "too large": ops_policy() + "# " + "x" * MAX_BYTES + "\n",
 }
 
 WHERE = {
@@ -38,6 +40,7 @@ WHERE = {
     "deep nesting": "invalid YAML: the document nests deeper than 64 levels",
     "alias bomb": "aliases (*name) repeat more than 10000 values",
     "YAML 1.1 octal": "ops.yaml:14 tiers.free.limits.calls: 010 is a YAML 1.1 number form",
+    "too large": f"ops.yaml: the file is larger than {MAX_BYTES} bytes",
 }
 
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
@@ -16,7 +15,7 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.loader import load_policy, parse_policy
 from gateway.policy.model import Policy
-from gateway.policy.source import ConfigError
+from gateway.policy.source import MAX_BYTES, ConfigError
 
 log = logging.getLogger("gateway")
 
@@ -140,10 +139,14 @@ class Reloader:
 def read_policy(path: str) -> tuple[Policy, str]:
     """The policy in ``path`` and the very text it was built from."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)  # a huge file is refused, never read whole
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         load_policy(path)  # raises the ConfigError that names the problem
         raise
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(path, None, (), f"the file is larger than {MAX_BYTES} bytes")
     return parse_policy(text, path), text
 
 
