@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.errors import GatewayError
+from gateway.identity.keys import redact
 from gateway.metrics import Metrics
 from gateway.pipeline import OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
 from gateway.proxy.expect import awaiting_body
@@ -72,9 +73,10 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
             # exchange to finish. aiohttp sees a prepared response and closes quietly.
             outcome = exc.outcome
             if isinstance(exc, ClientGone):
-                log.debug("%s %r: %s", request.method, request.raw_path, exc)
+                log.debug("%s %r: %s", request.method, redact(request.raw_path), exc)
             else:
-                log.warning("%s %r: %s", request.method, request.raw_path, exc)
+                # a query string may carry a key (?api_key=ask_...): never into the log
+                log.warning("%s %r: %s", request.method, redact(request.raw_path), exc)
             return exc.response
         except web.HTTPException as exc:
             # aiohttp's own refusals (e.g. 413 from request.read()) in our JSON shape
