@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.api.stripe import sign
 from gateway.boundary import dumps
+from gateway.identity.keys import redact
 from gateway.settings import Limits
 from tests.conftest import ADMIN_TOKEN, GatewayFactory, Harness
 
@@ -282,3 +283,24 @@ async def test_a_malformed_header_line_never_echoes_the_key(
         assert secret[4:] not in body.decode()
         assert secret[4:] not in caplog.text
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("/api/x?api_key=ask_Zq8hT3pW0mN5vB7x", "/api/x?api_key=ask_[redacted]"),
+        ("b'X_API_KEY: anon_ask_Zq8hT3pW0mN5'", "b'X_API_KEY: [redacted]'"),
+        ("Authorization: Basic dXNlcjpwYXNz", "Authorization: [redacted]"),
+        ("got bearer eyJhbGciOiJIUzI1NiJ9.e30.x here", "got bearer [redacted] here"),
+        ("Invalid method encountered: b'GE\\x01T'", "Invalid method encountered: b'GE\\x01T'"),
+        ("max_line_size is 8190", "max_line_size is 8190"),
+    ],
+)
+def test_redaction_hides_credentials_and_keeps_the_rest(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_snake_case_names_are_not_mistaken_for_keys() -> None:
+    assert redact("header_timeout_seconds and body_idle_seconds") == (
+        "header_timeout_seconds and body_idle_seconds"
+    )

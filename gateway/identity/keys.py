@@ -32,7 +32,7 @@ _SECRET = re.compile(
     r"(?i)(\b(?:proxy-)?authorization|\bx[-_]api[-_]key|\bcookie|\bstripe-signature)"
     r"(\s*:\s*)[^\r\n'\"]*"
     r"|\b(bearer|basic)(\s+)[^\s'\",]+"
-    r"|\b([a-z][a-z0-9]*_(?:[a-z0-9]+_)*)[A-Za-z0-9]{6,}"
+    r"|\b([a-z][a-z0-9]*_(?:[a-z0-9]+_)*)[A-Za-z0-9]{12,}"
 )
 REDACTED = "[redacted]"
 
