@@ -57,7 +57,7 @@ class Source:
 #: bigger than any real policy or config (the shipped policy is 20 KB); YAML is parsed in
 #: pure Python, so this also bounds the time a reload can take
 MAX_BYTES = 1024 * 1024
-#: nesting (aliases expanded) deeper than any real file; the composer and _convert recurse
+#: nesting (aliases expanded) deeper than any real file; the composer and _Walk recurse
 MAX_DEPTH = 64
 #: values that aliases may repeat, counted as they expand: an anchored tier or limits block
 #: reused a few times repeats dozens, an "alias bomb" (aliases of aliases) millions
