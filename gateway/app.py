@@ -18,6 +18,7 @@ from gateway.api.admin import AdminApi, admin_guard
 from gateway.api.admin_accounts import AdminAccountsApi
 from gateway.api.admin_policy import AdminPolicyApi
 from gateway.api.billing import BillingApi
+from gateway.api.body import BODY_DEADLINES, BodyDeadlines
 from gateway.api.local import LocalHandler, check_handlers
 from gateway.api.ops import OpsApi
 from gateway.api.projects import ProjectsApi
@@ -43,6 +44,7 @@ from gateway.pipeline import OUTCOME_LABEL, Pipeline
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.policy.reload import Reloader, read_policy
+from gateway.proxy.expect import defer_continue
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
 from gateway.settings import Settings
 
@@ -112,6 +114,7 @@ def build_gateway(
     registry: CollectorRegistry | None = None,
 ) -> Gateway:
     clock = clock or SystemClock()
+    settings.admin_token()  # a token too short to guard the admin API stops the start here
     policy, text = read_policy(settings.policy)
     metrics = Metrics(registry or CollectorRegistry())
     holder = PolicyHolder(policy, clock.now())
@@ -210,6 +213,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
     app[GATEWAY] = gateway
+    app[BODY_DEADLINES] = body_deadlines(settings)
     upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
 
     forwarder = Forwarder(
@@ -241,7 +245,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404
-    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle)
+    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle, expect_handler=defer_continue)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # one session (and connection pool) for the whole app, never one per request
@@ -295,6 +299,7 @@ def admin_app(gateway: Gateway) -> web.Application:
         ]
     )
     app[GATEWAY] = gateway
+    app[BODY_DEADLINES] = body_deadlines(gateway.settings)
     ops = OpsApi(store=gateway.store, metrics=gateway.metrics, workers=gateway.settings.workers)
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
     accounts = AdminAccountsApi(
@@ -311,14 +316,24 @@ def admin_app(gateway: Gateway) -> web.Application:
         store=gateway.store,
         clock=gateway.clock,
     )
-    app.add_routes(
+    routes = (
         ops.routes()
         + admin.routes()
         + accounts.routes()
         + billing_api(gateway).routes()
         + policy.routes()
     )
+    # 100 Continue only once the admin guard let the request through and a body is read
+    app.add_routes(
+        web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": defer_continue})
+        for r in routes
+    )
     return app
+
+
+def body_deadlines(settings: Settings) -> BodyDeadlines:
+    limits = settings.limits
+    return BodyDeadlines(total=limits.body_timeout_seconds, idle=limits.body_idle_seconds)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -333,6 +348,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # steadily bytes trickle in: our defence against slowloris clients. It is also the
         # idle keep-alive timeout. tests/test_proxy_limits.py holds both cases.
         "keepalive_timeout": limits.header_timeout_seconds,
+        # taken by GatewayRunner, not aiohttp: see gateway/server.py
+        "max_connections_per_address": limits.max_connections_per_address,
         # bodies are relayed as sent; decompressing them would change what the upstream sees
         "auto_decompress": False,
         "access_log": None,

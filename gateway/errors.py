@@ -34,6 +34,8 @@ class GatewayError(Exception):
     code = "INTERNAL_ERROR"
     #: the `outcome` label for metrics
     outcome = "error"
+    #: close the connection after answering: the request's body was left half-read
+    close_connection = False
 
     def __init__(
         self,
@@ -91,6 +93,7 @@ class RequestTimeout(GatewayError):
     status = 408
     code = "REQUEST_TIMEOUT"
     outcome = "bad_request"
+    close_connection = True
 
 
 class Conflict(GatewayError):

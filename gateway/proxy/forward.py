@@ -32,6 +32,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.metrics import Metrics
+from gateway.proxy.expect import send_continue
 from gateway.proxy.headers import (
     downstream_response_headers,
     header_family,
@@ -218,6 +219,8 @@ class Forwarder:
         self._forwarding_headers(request, headers)
         data = None
         if request.body_exists:
+            # admitted by every check: only now is a client waiting on Expect told to send
+            await send_continue(request)
             data = self._limited(request, body_meter)
             if declared is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(declared)
