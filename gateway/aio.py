@@ -1,8 +1,10 @@
-"""Small asyncio helpers shared by the long-lived background tasks."""
+"""Small asyncio helpers: stopping background tasks, budgets that measure the far side."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 
 async def cancel_and_wait(task: asyncio.Task[object], *, every: float = 0.1) -> None:
@@ -18,3 +20,71 @@ async def cancel_and_wait(task: asyncio.Task[object], *, every: float = 0.1) -> 
     if not task.cancelled():
         # retrieve the outcome so asyncio does not warn that it was never looked at
         task.exception()
+
+
+class LoopLag:
+    """How long this process's event loop could not run what was due: the sum of how late a
+    ticker fired. Busy callbacks and a process the OS did not schedule both count."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.total = 0.0
+        self._interval = interval
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + self._interval
+            self._handle = loop.call_at(self._due, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        self.total += max(now - self._due, 0.0)
+        self._due = now + self._interval
+        self._handle = loop.call_at(self._due, self._tick, loop)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+@contextlib.asynccontextmanager
+async def exchange_budget(seconds: float, lag: LoopLag) -> AsyncIterator[None]:
+    """Raise TimeoutError once the block has waited ``seconds`` of time this process's loop
+    was free to notice an answer, and the loop has had one more turn to deliver it.
+
+    A plain ``asyncio.timeout`` counts wall time, so on a busy loop (or a process the OS did
+    not schedule) the wait for the loop is blamed on whoever was asked, even when the answer
+    sits in a buffer and only this task's next turn is missing. Here the time ``lag`` saw the
+    loop late is added to the budget, and a due timer first lets the I/O callbacks of its
+    turn, and the task steps they woke, run; only a block still waiting then is cut off.
+    """
+    loop = asyncio.get_running_loop()
+    lag.start()
+    started, lag_before = loop.time(), lag.total
+    finished = False
+    handle: asyncio.Handle | None = None
+
+    def expire(timeout: asyncio.Timeout, grace: bool) -> None:
+        nonlocal handle
+        if finished:
+            return
+        if grace:
+            left = seconds - (loop.time() - started - (lag.total - lag_before))
+            if left > 0:  # the loop was late for part of the budget: that part is not spent
+                handle = loop.call_at(loop.time() + left, expire, timeout, True)
+            else:
+                handle = loop.call_soon(expire, timeout, False)
+        else:
+            timeout.reschedule(loop.time())
+
+    async with asyncio.timeout(None) as timeout:
+        handle = loop.call_at(started + seconds, expire, timeout, True)
+        try:
+            yield
+        finally:
+            finished = True
+            if handle is not None:
+                handle.cancel()

@@ -41,9 +41,11 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from yarl import URL
 
+from gateway.aio import LoopLag, exchange_budget
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
 from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
+from gateway.metering.pipelining import Pipeliner
 from gateway.metering.store import Charge, Decision, MeterState
 from gateway.metering.windows import SOURCE_TTL, window_ttl
 
@@ -103,9 +105,12 @@ def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any, list[Any]]:
     seconds = timeout_ms / 1000
     # retries stay inside the budget: the caller's asyncio.timeout bounds the whole command,
     # so a retry with backoff would only ever be cut off half way
+    # A read is bounded by the command's budget (RedisStore._run), not by the socket: redis-py's
+    # own timeouts fire while a busy loop has not yet read an answer that arrived.
+    # Its socket timeouts stay as a backstop for what runs outside that budget.
     common: dict[str, Any] = {
-        "socket_timeout": seconds,
-        "socket_connect_timeout": seconds,
+        "socket_timeout": max(seconds * 20, 5.0),
+        "socket_connect_timeout": max(seconds * 8, 2.0),
         "retry": Retry(NoBackoff(), 0),
         "decode_responses": True,
         "health_check_interval": 0,
@@ -113,9 +118,10 @@ def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any, list[Any]]:
     scheme = url.partition("://")[0]
     if scheme in ("redis", "rediss", "unix"):
         # a bounded pool that waits for a free connection, rather than failing a burst of
-        # concurrent requests with "Too many connections" as the default pool does
+        # concurrent requests with "Too many connections" as the default pool does; one more
+        # than the commands in flight (RedisStore._slots), for the pub/sub subscription
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=_POOL_SIZE, timeout=seconds, **common
+            url, max_connections=_POOL_SIZE + 1, timeout=seconds, **common
         )
         single: Any = aioredis.Redis.from_pool(pool)
         return single, single, []
@@ -166,24 +172,52 @@ class RedisStore:
         # (within its budget) instead of failing with "too many connections", which the
         # Cluster client does rather than wait
         self._slots = asyncio.Semaphore(_POOL_SIZE)
+        self._lag = LoopLag()  # time this process's loop was late: not the store's
+        self._failures = 0  # commands failed so far: a change tells waiters to give up
+        # scripts issued in one loop turn share one write (pipelining.py); a Cluster client
+        # would have to split each batch by node, so there every script is sent on its own
+        self._pipeliner = (
+            None if isinstance(self._client, RedisCluster) else Pipeliner(self._client, self._run)
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
-        """One command under the budget, with Redis's failures translated where they enter."""
+    async def _run(
+        self,
+        call: Callable[[], Awaitable[T]],
+        connect: Callable[[], Awaitable[None]] | None = None,
+    ) -> T:
+        """One command under the budget, with Redis's failures translated where they enter.
+
+        The budget measures the store: it starts once this command holds a connection slot
+        and is cut off only if no answer has arrived by then (``exchange_budget``), so the
+        wait for a slot or for this process's busy event loop is never blamed on Redis. The
+        wait for a slot is bounded by the per-worker cap on requests in flight instead
+        (``max_in_flight``); ``connect``, if given, takes a pooled connection before the
+        budget starts. Commands still waiting when one fails give up at once: the
+        store is about to be marked degraded, and they would only each wait their budget.
+        """
+        queued_at = self._failures
         try:
-            async with asyncio.timeout(self._budget), self._slots:
-                if not self._discovered:
-                    async with self._discovery:
-                        if not self._discovered:
-                            await self._client.initialize()
-                            self._discovered = True
-                return await call()
+            async with self._slots:
+                if self._failures != queued_at:
+                    raise StoreUnavailable("the store failed while this command waited for it")
+                if connect is not None:
+                    await connect()
+                async with exchange_budget(self._budget, self._lag):
+                    if not self._discovered:
+                        async with self._discovery:
+                            if not self._discovered:
+                                await self._client.initialize()
+                                self._discovered = True
+                    return await call()
         except TimeoutError as exc:
+            self._failures += 1
             raise StoreUnavailable(
                 f"the store did not answer within {self._budget * 1000:.0f} ms"
             ) from exc
         except (redis.exceptions.RedisError, OSError) as exc:
+            self._failures += 1
             raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
 
     async def _load(self, name: str) -> str:
@@ -191,17 +225,37 @@ class RedisStore:
         self._shas[name] = sha
         return sha
 
-    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        async def call() -> Any:
-            sha = self._shas.get(name) or await self._load(name)
-            try:
-                return await self._client.evalsha(sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                # Redis restarted or failed over and lost its script cache: load and repeat
-                sha = await self._load(name)
-                return await self._client.evalsha(sha, len(keys), *keys, *args)
+    async def _command(self, *args: Any) -> Any:
+        """One command, in the next pipelined batch when there is a pipeliner."""
+        if self._pipeliner is None:
+            return await self._run(lambda: self._client.execute_command(*args))
+        try:
+            return await self._pipeliner.execute(*args)
+        except redis.exceptions.NoScriptError:
+            raise  # not a failure: _script loads the script again
+        except redis.exceptions.RedisError as exc:  # this command's own error reply
+            self._failures += 1
+            raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
 
-        return await self._run(call)
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._pipeliner is None:
+            return await self._run(lambda: self._evalsha(name, keys, args))
+        sha = self._shas.get(name) or await self._run(lambda: self._load(name))
+        try:
+            return await self._command("EVALSHA", sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # Redis restarted or failed over and lost its script cache: load and repeat
+            sha = await self._run(lambda: self._load(name))
+            return await self._command("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        sha = self._shas.get(name) or await self._load(name)
+        try:
+            return await self._client.evalsha(sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # Redis restarted or failed over and lost its script cache: load and repeat
+            sha = await self._load(name)
+            return await self._client.evalsha(sha, len(keys), *keys, *args)
 
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock.now())
@@ -296,37 +350,37 @@ class RedisStore:
     # -- records ----------------------------------------------------------------------------
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
-        raw = await self._run(lambda: self._client.get(record_key(kind, record_id)))
+        raw = await self._command("GET", record_key(kind, record_id))
         return None if raw is None else dict(json.loads(raw))
 
     async def put_record(
         self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
     ) -> bool:
         key, text = record_key(kind, record_id), json.dumps(doc)
-        done = await self._run(lambda: self._client.set(key, text, nx=only_if_absent))
+        done = await self._command("SET", key, text, *(["NX"] if only_if_absent else []))
         return bool(done)
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
-        removed = await self._run(lambda: self._client.delete(record_key(kind, record_id)))
+        removed = await self._command("DEL", record_key(kind, record_id))
         return int(removed) > 0
 
     async def add_member(self, kind: str, owner_id: str, member: str) -> None:
-        await self._run(lambda: self._client.sadd(set_key(kind, owner_id), member))
+        await self._command("SADD", set_key(kind, owner_id), member)
 
     async def remove_member(self, kind: str, owner_id: str, member: str) -> None:
-        await self._run(lambda: self._client.srem(set_key(kind, owner_id), member))
+        await self._command("SREM", set_key(kind, owner_id), member)
 
     async def members(self, kind: str, owner_id: str) -> list[str]:
-        found = await self._run(lambda: self._client.smembers(set_key(kind, owner_id)))
+        found = await self._command("SMEMBERS", set_key(kind, owner_id))
         return sorted(str(m) for m in found)
 
     async def next_id(self, kind: str) -> int:
-        return int(await self._run(lambda: self._client.incr(sequence_key(kind))))
+        return int(await self._command("INCR", sequence_key(kind)))
 
     # -- notifications and lifecycle --------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
-        await self._run(lambda: self._client.publish(channel, message))
+        await self._command("PUBLISH", channel, message)
 
     async def listen(self, channel: str) -> AsyncGenerator[str, None]:
         pubsub = self._listener.pubsub()
@@ -360,6 +414,9 @@ class RedisStore:
         await self._run(lambda: self._client.ping())
 
     async def close(self) -> None:
+        self._lag.stop()
+        if self._pipeliner is not None:
+            await self._pipeliner.close()
         await self._client.aclose()
         for other in self._others:
             await other.aclose()
