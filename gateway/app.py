@@ -207,7 +207,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
             access_log(log=log, clock=gateway.clock, outcome=OUTCOME_LABEL),
             # preflights are answered before the error boundary counts a decision
             *([cors.middleware()] if cors is not None else []),
-            error_boundary(metrics=gateway.metrics),
+            error_boundary(metrics=gateway.metrics, max_in_flight=settings.max_in_flight),
         ]
     )
     if cors is not None:

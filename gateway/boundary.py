@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Overloaded
 from gateway.identity.keys import redact
 from gateway.metrics import Metrics
 from gateway.pipeline import METER_LABEL, OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
@@ -22,6 +22,7 @@ from gateway.proxy.forward import HEADERS_SENT, ClientGone, StreamCut
 log = logging.getLogger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OVERLOADED = "the gateway is handling as many requests as it may; try again shortly"
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -49,16 +50,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def error_boundary(*, metrics: Metrics | None) -> Middleware:
-    """Render errors; with ``metrics``, also count each request's decision and latency."""
+def error_boundary(*, metrics: Metrics | None, max_in_flight: int | None = None) -> Middleware:
+    """Render errors; with ``metrics``, also count each request's decision and latency; with
+    ``max_in_flight``, shed what comes past that many requests in hand (503 OVERLOADED)."""
+    in_flight = 0
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
         started = time.perf_counter()
         if metrics is not None:
             metrics.in_flight.inc()
         outcome = "forwarded"
+        in_flight += 1
         try:
+            if max_in_flight is not None and in_flight > max_in_flight:
+                if metrics is not None:
+                    metrics.shed.inc()
+                raise Overloaded(_OVERLOADED, headers={"Retry-After": "1"})
             response = await handler(request)
             outcome = request.get(OUTCOME_LABEL, outcome)
             return response
@@ -93,6 +102,7 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
                 status=500,
             )
         finally:
+            in_flight -= 1
             # the access log, outside this boundary, reports the same outcome
             request[OUTCOME_LABEL] = outcome
             if metrics is not None:

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workers", metavar="N", type=int, help="worker processes sharing the port")
     run.add_argument(
+        "--max-in-flight",
+        metavar="N",
+        type=int,
+        help="requests one worker handles at once; more are shed with 503 OVERLOADED (1024)",
+    )
+    run.add_argument(
         "--demo",
         action="store_true",
         help="also run the bundled demo upstream and print a key to try it with",
@@ -152,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         store_timeout_ms=args.store_timeout_ms,
         store_failure_mode=args.store_failure_mode,
         workers=args.workers,
+        max_in_flight=args.max_in_flight,
     )
     load_policy(settings.policy)  # fail fast, with file:line, before binding anything
     serve(settings, on_ready=_print_demo_key if args.demo else None, extra_sites=extra)

@@ -11,6 +11,7 @@
     ├── UpstreamTimeout             504: the upstream did not answer in time
     ├── StoreUnavailable            503: the store could not decide within its budget
     ├── GatewayBusy                 503: every upstream connection is relaying a response
+    ├── Overloaded                  503: the worker already handles max_in_flight requests
     ├── PolicyInvalid               422: a policy reload refused (the old policy stays)
     └── PolicyRefusal               a decision of the policy, body from the policy's templates
         ├── QuotaExceeded           a meter would go over its limit (429 by default)
@@ -139,6 +140,15 @@ class GatewayBusy(GatewayError):
     status = 503
     code = "GATEWAY_BUSY"
     outcome = "gateway_busy"
+
+
+class Overloaded(GatewayError):
+    """Shed before any work: this worker already handles as many requests as it may, and a
+    longer queue would only make every caller wait (and every budget look exceeded)."""
+
+    status = 503
+    code = "OVERLOADED"
+    outcome = "overloaded"
 
 
 class PolicyRefusal(GatewayError):

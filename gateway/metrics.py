@@ -132,6 +132,11 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.shed = Counter(
+            "gateway_overload_shed_total",
+            "Requests answered 503 OVERLOADED: the worker already had max_in_flight in hand.",
+            registry=registry,
+        )
         self.workers = Gauge(
             "gateway_workers",
             "Worker processes accepting requests (summed over the workers).",

@@ -230,6 +230,9 @@ class Settings:
         "X-Method-Override",
     )
     upstream_max_connections: int = 512
+    # requests one worker handles at once; past it a request is shed with 503 OVERLOADED
+    # (Retry-After: 1) before anything is read from the store, so a flood queues nowhere
+    max_in_flight: int = 1024
     shutdown_grace_seconds: float = 30.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     admin_token_env: str = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable name
@@ -276,6 +279,7 @@ KEYS: dict[str, frozenset[str]] = {
             "workers",
             "upstreams",
             "upstream_max_connections",
+            "max_in_flight",
             "timeouts",
             "trusted_proxies",
             "secrets",
@@ -373,6 +377,8 @@ def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
             raise ValueError("--workers must be at least 1")
         elif name == "store_timeout_ms" and value < 1:
             raise ValueError("--store-timeout-ms must be at least 1")
+        elif name == "max_in_flight" and value < 1:
+            raise ValueError("--max-in-flight must be at least 1")
         overrides[name] = value
     return dataclasses.replace(settings, **overrides)
 
@@ -410,6 +416,8 @@ def _from_file(path: str) -> Settings:
         values["workers"] = child.int(minimum=1, maximum=256)
     if (child := node.get("upstream_max_connections")) is not None:
         values["upstream_max_connections"] = child.int(minimum=1, maximum=100_000)
+    if (child := node.get("max_in_flight")) is not None:
+        values["max_in_flight"] = child.int(minimum=1, maximum=1_000_000)
     if (child := node.get("shutdown_grace_seconds")) is not None:
         values["shutdown_grace_seconds"] = child.number()
     if (child := node.get("upstreams")) is not None:
