@@ -44,6 +44,7 @@ from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.policy.reload import Reloader, read_policy
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
+from gateway.proxy.websocket import TunnelLimits, WebSocketTunnel
 from gateway.settings import Settings
 
 
@@ -222,6 +223,15 @@ def proxy_app(gateway: Gateway) -> web.Application:
         trusted_proxies=settings.trusted_proxies,
         metrics=gateway.metrics,
     )
+    tunnel = WebSocketTunnel(
+        forwarder,
+        TunnelLimits(
+            idle_seconds=settings.websocket.idle_seconds,
+            max_seconds=settings.websocket.max_seconds,
+            max_message_bytes=settings.websocket.max_message_bytes,
+            connect_seconds=settings.connect_timeout_seconds,
+        ),
+    )
     stripe = StripeClient(settings.stripe)
     handlers = local_handlers(gateway, stripe)
     check_handlers(gateway.policy.current, handlers)
@@ -234,6 +244,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         metrics=gateway.metrics,
         clock=gateway.clock,
         handlers=handlers,
+        websockets=tunnel,
         max_header_block=settings.limits.max_header_block_bytes,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline

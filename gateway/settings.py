@@ -131,6 +131,15 @@ class CorsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """Tunnels on routes with ``websocket: true`` (gateway/proxy/websocket.py)."""
+
+    idle_seconds: float = 300.0  # no message either way for this long closes the tunnel
+    max_seconds: float = 3600.0  # a tunnel's whole life; 0 for no bound
+    max_message_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 8190  # one header line; aiohttp's own default
@@ -221,6 +230,7 @@ class Settings:
     accounts: AccountSettings = field(default_factory=AccountSettings)
     stripe: StripeSettings = field(default_factory=StripeSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
         return environ.get(self.admin_token_env) or None
@@ -258,8 +268,10 @@ KEYS: dict[str, frozenset[str]] = {
             "stripe",
             "method_override_headers",
             "cors",
+            "websocket",
         }
     ),
+    "websocket": frozenset({"idle_seconds", "max_seconds", "max_message_bytes"}),
     "cors": frozenset(
         {
             "allow_origins",
@@ -418,6 +430,16 @@ def _from_file(path: str) -> Settings:
         values["stripe"] = _stripe(child)
     if (child := node.get("cors")) is not None:
         values["cors"] = _cors(child)
+    if (child := node.get("websocket")) is not None:
+        child.mapping(allowed=set(KEYS["websocket"]))
+        ws: dict[str, Any] = {}
+        if (sub := child.get("idle_seconds")) is not None:
+            ws["idle_seconds"] = sub.number(minimum=0.001)
+        if (sub := child.get("max_seconds")) is not None:
+            ws["max_seconds"] = sub.number(minimum=0)
+        if (sub := child.get("max_message_bytes")) is not None:
+            ws["max_message_bytes"] = sub.int(minimum=1, maximum=1 << 30)
+        values["websocket"] = WebSocketSettings(**ws)
     return Settings(**values)
 
 

@@ -198,19 +198,13 @@ class Forwarder:
         response (relaying it to a client that may vanish) keeps its own exceptions.
         ``delivery`` tells the caller afterwards whether the upstream may have received it.
         """
-        upstream = self._upstreams.pick(path)
-        if upstream is None:
-            raise UpstreamUnavailable("no upstream is configured for this path")
+        upstream = self.target(path)
         declared = request.content_length
         if declared is not None and declared > self._max_body:
             raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes")
-        headers = upstream_request_headers(
-            request.headers,
-            drop_authorization=drop_authorization,
-            inject=inject,
-            strip=self._strip,
+        headers = self.upstream_headers(
+            request, inject=inject, drop_authorization=drop_authorization
         )
-        self._forwarding_headers(request, headers)
         data = None
         if request.body_exists:
             data = self._limited(request, body_meter)
@@ -308,6 +302,32 @@ class Forwarder:
                     # charged before it is sent: the upstream never gets an unpaid byte
                     raise _BodyRefused(exc) from exc
             yield chunk
+
+    def upstream_headers(
+        self, request: web.Request, *, inject: Mapping[str, str], drop_authorization: bool
+    ) -> CIMultiDict[str]:
+        """What the upstream gets as headers, for a request or a WebSocket handshake alike."""
+        headers = upstream_request_headers(
+            request.headers,
+            drop_authorization=drop_authorization,
+            inject=inject,
+            strip=self._strip,
+        )
+        self._forwarding_headers(request, headers)
+        return headers
+
+    def target(self, path: str) -> Upstream:
+        """The upstream serving ``path``."""
+        upstream = self._upstreams.pick(path)
+        if upstream is None:
+            raise UpstreamUnavailable("no upstream is configured for this path")
+        return upstream
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Forwarder used before the app started")
+        return self._session
 
     def _forwarding_headers(self, request: web.Request, headers: CIMultiDict[str]) -> None:
         # A client's own X-Forwarded-* were stripped with the other spoofable headers; only a
