@@ -31,6 +31,7 @@ from gateway.proxy.websocket import WebSocketTunnel, is_upgrade
 ROUTE_LABEL = web.RequestKey("gateway.route", str)
 TIER_LABEL = web.RequestKey("gateway.tier", str)
 OUTCOME_LABEL = web.RequestKey("gateway.outcome", str)
+METER_LABEL = web.RequestKey("gateway.meter", str)
 
 
 class Pipeline:
@@ -113,6 +114,7 @@ class Pipeline:
                 else:
                     index = decision.refused
                     assert index is not None
+                    request[METER_LABEL] = charges[index].meter
                     refusal = decide.quota_refusal(
                         policy,
                         tier,
@@ -164,6 +166,7 @@ class Pipeline:
                 drop_authorization=drop_authorization,
                 delivery=delivery,
                 body_meter=streamed,
+                route=route.name,
             ) as upstream:
                 answered = True
                 entry.upstream_seconds = time.perf_counter() - started

@@ -105,3 +105,42 @@ async def test_a_client_that_stops_reading_frees_the_upstream_connection(
     writer.close()
     assert decisions(gw, "client_stalled") == 1
     assert upstream_errors(gw) == 0
+
+
+async def test_a_pool_held_by_stalled_readers_is_the_gateways_busyness_not_the_upstreams(
+    make_gateway: GatewayFactory, raw: RawUpstream
+) -> None:
+    big = b"y" * (32 * 1024 * 1024)
+
+    async def answer(request: Received) -> Reply:
+        return Reply(body=big)
+
+    raw.script = answer
+    gw = await make_gateway(
+        upstreams=(("/", URL(raw.url)),),
+        client_write_seconds=60.0,
+        upstream_max_connections=1,
+        connect_timeout_seconds=0.3,
+    )
+    account = await gw.account("anonymous")
+    key = await gw.key(account)
+    auth = {"Authorization": f"Bearer {key}"}
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.client.port))
+    _reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(request_bytes("GET", "/api/logic/big", auth))
+    await writer.drain()
+    await asyncio.wait_for(raw.arrived.wait(), 20)
+    # the one connection relays to a client that does not read: the next caller waits in vain
+    wire = request_bytes("GET", "/api/logic/next", {**auth, "Connection": "close"})
+    response = await send_raw(gw.client.port, wire)
+    writer.close()
+    assert response.status == 503, response.body
+    assert response.json()["code"] == "GATEWAY_BUSY"
+    assert response.headers["retry-after"] == "1"
+    assert upstream_errors(gw) == 0
+    # never sent, so refunded: only the stalled reader's call stays charged
+    usage = await gw.admin.get(f"/admin/accounts/{account}/usage", headers=gw.admin_headers)
+    assert (await usage.json())["meters"]["api_calls"]["used"] == 1

@@ -24,6 +24,7 @@ from yarl import URL
 
 from gateway.errors import (
     BadRequest,
+    GatewayBusy,
     GatewayError,
     PayloadTooLarge,
     RequestTimeout,
@@ -31,6 +32,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.metrics import Metrics
+from gateway.proxy.expect import send_continue
 from gateway.proxy.headers import (
     downstream_response_headers,
     header_family,
@@ -104,6 +106,12 @@ class Delivery:
     sent: bool = False
 
 
+def target_label(url: URL) -> str:
+    """``host:port`` of an upstream URL, the ``upstream`` label of its metrics."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+
+
 class _BodyLimit(Exception):
     """Raised inside the upload stream when the body passes the limit."""
 
@@ -124,16 +132,6 @@ class _BodyRefused(Exception):
         self.error = error
 
 
-class _Observed:
-    """One upstream's metric children, bound once so a request pays no label lookup."""
-
-    def __init__(self, metrics: Metrics, label: str) -> None:
-        self.seconds = metrics.upstream_seconds.labels(label)
-        self.refused = metrics.upstream_errors.labels(label, "refused")
-        self.timeout = metrics.upstream_errors.labels(label, "timeout")
-        self.broken = metrics.upstream_errors.labels(label, "broken")
-
-
 class Forwarder:
     def __init__(
         self,
@@ -146,13 +144,14 @@ class Forwarder:
         body_idle: float = 15.0,
         write_timeout: float = 60.0,
         strip_headers: Iterable[str] = (),
+        pool_size: int = 0,
         trusted_proxies: Sequence[IpNetwork] = (),
         metrics: Metrics,
     ) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._upstreams = upstreams
-        # labelled by path prefix: bounded by the config, and free of any credentials in URLs
-        self._observed = {u.prefix: _Observed(metrics, u.prefix) for u in upstreams}
+        # labelled by the target's host:port: bounded by the config, free of any credentials
+        self._observed = {u.prefix: metrics.upstream(target_label(u.url)) for u in upstreams}
         self._max_body = max_body_bytes
         # a client may neither go silent mid-body nor trickle it forever, and must read
         # what it asked for: each holds a handler and an upstream connection
@@ -160,6 +159,11 @@ class Forwarder:
         self._body_total = body_timeout
         self.write_timeout = write_timeout
         self._strip = frozenset(header_family(name) for name in strip_headers)
+        # responses being relayed, each holding a pooled connection: when they fill the pool,
+        # a request that waited for a connection in vain is the gateway's busyness, not the
+        # upstream's slowness
+        self._pool_size = pool_size
+        self._relaying = 0
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=connect_timeout,
@@ -189,11 +193,13 @@ class Forwarder:
         drop_authorization: bool,
         delivery: Delivery,
         body_meter: BodyMeter | None = None,
+        route: str = "-",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send the request upstream, at most once, and yield the response once its headers
         have arrived.
 
-        ``path`` is the canonical encoded path, the one the route was matched on. Only the
+        ``path`` is the canonical encoded path, the one the route (named ``route``, for the
+        metrics) was matched on. Only the
         sending is translated into gateway errors: whatever the caller does with the yielded
         response (relaying it to a client that may vanish) keeps its own exceptions.
         ``delivery`` tells the caller afterwards whether the upstream may have received it.
@@ -207,6 +213,8 @@ class Forwarder:
         )
         data = None
         if request.body_exists:
+            # admitted by every check: only now is a client waiting on Expect told to send
+            await send_continue(request)
             data = self._limited(request, body_meter)
             if declared is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(declared)
@@ -230,6 +238,11 @@ class Forwarder:
         except aiohttp.ConnectionTimeoutError as exc:
             # no connection in time (pool slot or connect): not a byte was written
             delivery.sent = False
+            if self._pool_size and self._relaying >= self._pool_size:
+                raise GatewayBusy(
+                    "every upstream connection is busy relaying a response; try again",
+                    headers={"Retry-After": "1"},
+                ) from exc
             observed.timeout.inc()
             raise UpstreamTimeout("the upstream did not accept a connection in time") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
@@ -253,7 +266,8 @@ class Forwarder:
                 raise exc.__cause__.error from exc
             observed.refused.inc()
             raise UpstreamUnavailable("the upstream dropped the connection") from exc
-        observed.seconds.observe(time.perf_counter() - started)
+        observed.answered(route, response.status, time.perf_counter() - started)
+        self._relaying += 1
         try:
             yield response
         except UpstreamBroken:
@@ -261,6 +275,7 @@ class Forwarder:
             raise
         finally:
             # back to the pool when the body was read to the end, closed otherwise
+            self._relaying -= 1
             response.release()
 
     async def _limited(
