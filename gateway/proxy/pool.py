@@ -48,11 +48,20 @@ class PoolSettings:
     breaker_open_seconds: float = 30.0
 
 
+def target_label(url: URL) -> str:
+    """``host:port`` of an upstream URL, the ``upstream`` label of its metrics."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+
+
 @dataclass(eq=False, slots=True)
 class Target:
     url: URL
     weight: int = 1
     label: str = ""  # host:port, for metrics and logs (never credentials)
+    # scheme, credentials, host, port and base path, without the trailing slash: the head
+    # every forwarded path is appended to, computed once
+    base: str = ""
     pending: int = 0
     failures: int = 0  # consecutive
     ejected_until: float = 0.0
@@ -61,7 +70,8 @@ class Target:
 
     def __post_init__(self) -> None:
         if not self.label:
-            self.label = f"{self.url.host}:{self.url.port}"
+            self.label = target_label(self.url)
+        self.base = str(self.url.with_path("/"))[:-1] + self.url.raw_path.rstrip("/")
 
 
 class CircuitOpen(Exception):
@@ -132,6 +142,11 @@ class Pool:
 
     def begin(self, target: Target) -> None:
         target.pending += 1
+
+    def cancel(self, target: Target) -> None:
+        """An attempt that ended for a reason that says nothing of the target (the client's
+        body broke, the gateway's own pool was full)."""
+        target.pending -= 1
 
     def done(self, target: Target, outcome: Outcome) -> None:
         """Record an attempt's end: ``ok`` (any answer below 500), ``failure`` (a 5xx or a

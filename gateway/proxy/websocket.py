@@ -5,6 +5,7 @@ both ways until either side closes, the tunnel is idle too long, or its total ti
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import WSMsgType, hdrs, web
 
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamCircuitOpen, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.forward import HEADERS_SENT, Delivery, Forwarder
+from gateway.proxy.pool import CircuitOpen, Outcome
 
 #: the client's handshake is between it and the gateway; the gateway makes its own upstream
 _HANDSHAKE = frozenset(
@@ -78,12 +80,22 @@ class WebSocketTunnel:
             for p in value.split(",")
             if p.strip()
         )
-        url = upstream.url_for(path, request.raw_path.partition("?")[2])
+        try:
+            target = upstream.pool.pick()
+        except CircuitOpen as exc:
+            raise UpstreamCircuitOpen(
+                str(exc), headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+            ) from exc
+        url = upstream.url_for(target, path, request.raw_path.partition("?")[2])
+        # a tunnel counts as pending only while its handshake is under way: balancing long
+        # tunnels by count would starve a target of short requests for their whole life
+        upstream.pool.begin(target)
+        outcome: Outcome = "failure"
         delivery.sent = True
         try:
             # the whole handshake, connect included, within the connect deadline
             async with asyncio.timeout(self._limits.connect_seconds):
-                return await self._forwarder.session.ws_connect(
+                tunnel = await self._forwarder.session.ws_connect(
                     url,
                     headers=headers,
                     protocols=protocols,
@@ -93,10 +105,14 @@ class WebSocketTunnel:
                     compress=0,
                     autoclose=False,
                 )
+            outcome = "ok"
+            return tunnel
         except aiohttp.ClientConnectorError as exc:
+            outcome = "unreached"
             delivery.sent = False  # the connection was never made: nothing reached it
             raise UpstreamUnavailable("the upstream refused the connection") from exc
         except aiohttp.WSServerHandshakeError as exc:
+            outcome = "ok" if exc.status < 500 else "failure"  # it answered: it is alive
             raise UpstreamUnavailable(
                 f"the upstream refused the WebSocket handshake ({exc.status})"
             ) from exc
@@ -104,6 +120,8 @@ class WebSocketTunnel:
             raise UpstreamTimeout("the upstream did not complete the handshake in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable("the upstream dropped the handshake") from exc
+        finally:
+            upstream.pool.done(target, outcome)
 
     async def relay(
         self,
