@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.proxy.forward import target_label
+from gateway.proxy.pool import target_label
 from tests.conftest import ROOT, GatewayFactory, Harness, Upstream
 from tests.live_scrape import scrape
 from tests.ops_policy import ops_policy, write_policy
@@ -105,7 +105,7 @@ async def test_a_broken_policy_counts_once_per_content_and_reason(
     write_policy(path, ops_policy().replace("calls: 3", "calls: lots"))
     gw.clock.advance(10)
     for why in ("SIGHUP", "reconnected to the store", "reconnected to the store"):
-        reloader.try_reload(why)
+        await reloader.try_reload(why)
     assert _sample(gw, "gateway_policy_reloads_total", result="failure") == 1
     failed_at = _sample(gw, "gateway_policy_last_reload_failure_timestamp_seconds")
     assert failed_at == loaded + 10
@@ -113,16 +113,16 @@ async def test_a_broken_policy_counts_once_per_content_and_reason(
     # another broken content is another failure
     write_policy(path, ops_policy().replace("calls: 3", "calls: many"))
     gw.clock.advance(10)
-    reloader.try_reload("file changed")
-    reloader.try_reload("file changed")
+    await reloader.try_reload("file changed")
+    await reloader.try_reload("file changed")
     assert _sample(gw, "gateway_policy_reloads_total", result="failure") == 2
     assert _sample(gw, "gateway_policy_last_reload_failure_timestamp_seconds") == failed_at + 10
 
     # fixed, then broken the same way again: a new failure after a success
     write_policy(path, ops_policy(free_calls=4))
-    reloader.try_reload("SIGHUP")
+    await reloader.try_reload("SIGHUP")
     write_policy(path, ops_policy().replace("calls: 3", "calls: many"))
-    reloader.try_reload("SIGHUP")
+    await reloader.try_reload("SIGHUP")
     assert _sample(gw, "gateway_policy_reloads_total", result="failure") == 3
     assert _sample(gw, "gateway_policy_reloads_total", result="success") == 1
 
