@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench profile clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: install
 
 bench: install  ## on demand: throughput and latency against a bare proxy, same run
 	$(BIN)/python -m bench.run
+
+profile: install  ## a py-spy flame graph (profile.svg) of one gateway worker on Redis under load
+	$(BIN)/python -m bench.profile
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""`make bench`: upstream, bare proxy, gateway on memory and on Redis, one load, one table."""
+"""`make bench`: upstream, nginx, bare proxy, gateway on memory and Redis: one load, one table."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import Result, run
+from bench.nginx import available, nginx
 from tests.redis_servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +27,9 @@ PATH = "/api/logic/bench"
 
 
 @contextmanager
-def process(*args: str, wait_url: str) -> Iterator[None]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+def process(*args: str, wait_url: str, root: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "PYTHONPATH": str(root), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    proc = subprocess.Popen([sys.executable, *args], cwd=root, env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -41,7 +42,7 @@ def process(*args: str, wait_url: str) -> Iterator[None]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{' '.join(args)} did not start") from None
                 time.sleep(0.1)
-        yield
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -91,6 +92,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the gateway from this checkout (e.g. a clone at the commit before a "
+        "change), so before and after are measured in one run",
+    )
     options = parser.parse_args()
     measure = {"connections": options.connections, "seconds": options.seconds}
     results: dict[str, Result] = {}
@@ -107,9 +114,21 @@ def main() -> None:
         # warm each target briefly, then measure; all in this one run
         run(bare + PATH, {}, connections=4, seconds=1)
         results["bare aiohttp proxy"] = run(bare + PATH, {}, **measure)
-        for label, store in (("gateway, memory store", "memory"), ("gateway, Redis", redis.url)):
+        if available() is not None:
+            with nginx(free_port(), f"127.0.0.1:{up_port}", Path(tmp) / "nginx") as base:
+                run(base + PATH, {}, connections=4, seconds=1)
+                results["nginx reverse proxy"] = run(base + PATH, {}, **measure)
+        trees = [("", ROOT)]
+        if options.baseline:
+            trees.insert(0, (" (baseline)", Path(options.baseline).resolve()))
+        targets = [
+            (f"gateway, {name}{suffix}", store, root)
+            for suffix, root in trees
+            for name, store in (("memory", "memory"), ("Redis", redis.url))
+        ]
+        for label, store, root in targets:
             args, proxy, admin_base = gateway(store, upstream)
-            with process(*args, wait_url=admin_base + "/healthz"):
+            with process(*args, wait_url=admin_base + "/healthz", root=root):
                 headers = provision(admin_base)
                 run(proxy + PATH, headers, connections=4, seconds=1)
                 results[label] = run(proxy + PATH, headers, **measure)
@@ -121,16 +140,21 @@ def print_table(results: dict[str, Result], connections: int) -> None:
     tool = base.tool
     print(f"\nGET {PATH} over loopback, {connections} connections, load by {tool}\n")
     print(
-        f"{'target':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'target':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'req/s x':>9}{'p50 x':>8}{'p99 x':>8}{'non-2xx':>9}"
     )
     for label, r in results.items():
         print(
-            f"{label:<24}{r.requests_per_second:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
+            f"{label:<30}{r.requests_per_second:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
             f"{r.requests_per_second / base.requests_per_second:>9.2f}"
             f"{r.p50_ms / base.p50_ms:>8.2f}{r.p99_ms / base.p99_ms:>8.2f}{r.non_2xx:>9}"
         )
     print("\nx = ratio to the bare proxy measured in this same run")
+    if "nginx reverse proxy" in results:
+        reference = results["nginx reverse proxy"].requests_per_second
+        for label, r in results.items():
+            if label.startswith("gateway"):
+                print(f"{label} / nginx: {r.requests_per_second / reference:.3f}x req/s")
 
 
 if __name__ == "__main__":
