@@ -128,8 +128,8 @@ def _record(metrics: Metrics, request: web.Request, outcome: str, started: float
     metrics.in_flight.dec()
     route = request.get(ROUTE_LABEL, "-")
     tier = request.get(TIER_LABEL, "-")
-    metrics.decisions.labels(tier, route, outcome).inc()
+    metrics.decision(tier, route, outcome).inc()
     if outcome == "quota_exceeded":
         metrics.quota_refusals.labels(tier, route, request.get(METER_LABEL, "-")).inc()
     ended = request.get(HEADERS_SENT) or time.perf_counter()
-    metrics.request_seconds.labels(route).observe(ended - started)
+    metrics.route_seconds(route).observe(ended - started)

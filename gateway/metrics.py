@@ -212,6 +212,26 @@ class Metrics:
             self.store_errors.labels(kind)
         self.policy_reload_failure.set(0)
         self._policy: tuple[str, str] | None = None
+        # children bound once per label set: a labels() lookup per request takes a lock and
+        # builds a key; tiers, routes and outcomes come from the policy, so these stay small
+        self._decisions: dict[tuple[str, str, str], Counter] = {}
+        self._route_seconds: dict[str, Histogram] = {}
+        self.consume_seconds = self.store_seconds.labels("consume")
+
+    def decision(self, tier: str, route: str, outcome: str) -> Counter:
+        """The ``gateway_decisions_total`` child for these labels."""
+        key = (tier, route, outcome)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(tier, route, outcome)
+        return child
+
+    def route_seconds(self, route: str) -> Histogram:
+        """The ``gateway_request_duration_seconds`` child for ``route``."""
+        child = self._route_seconds.get(route)
+        if child is None:
+            child = self._route_seconds[route] = self.request_seconds.labels(route)
+        return child
 
     def policy_active(self, name: str, digest: str, loaded_at: float) -> None:
         """Point ``gateway_policy_info`` at the active policy only."""

@@ -108,7 +108,7 @@ class Pipeline:
                 decision = await self._store.consume(
                     identity.account_id, charges, failure_mode=tier.store_failure_mode
                 )
-                self._metrics.store_seconds.labels("consume").observe(time.perf_counter() - started)
+                self._metrics.consume_seconds.observe(time.perf_counter() - started)
                 if decision.admitted:
                     entry.meters = costs
                 else:
