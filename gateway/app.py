@@ -25,7 +25,6 @@ from gateway.api.stripe import StripeClient, StripeWebhook
 from gateway.api.tiers import TiersApi
 from gateway.boundary import error_boundary
 from gateway.identity.cache import IdentityCache, follow
-from gateway.identity.locks import Locks
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
 from gateway.identity.sessions import Sessions
@@ -154,7 +153,7 @@ def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHan
             settings=settings.accounts,
             trusted_proxies=settings.trusted_proxies,
         ),
-        ProjectsApi(registry=gateway.registry, locks=Locks(gateway.store, gateway.clock)),
+        ProjectsApi(registry=gateway.registry),
         TiersApi(store=gateway.store, stripe=stripe),
         billing_api(gateway),
         StripeWebhook(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ def wait_ready(served: Served, seconds: float = 60) -> None:
     while True:
         assert served.process.poll() is None, "the gateway exited during start-up"
         try:
-            with urllib.request.urlopen(served.admin + "/readyz", timeout=2) as resp:  # noqa: S310
+            with urllib.request.urlopen(served.admin + "/readyz", timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -61,14 +61,17 @@ def gateway_pair(
         started = [
             stack.enter_context(
                 serve_gateway(
-                    "--store", store_url,
-                    "--upstream", upstream,
-                    "--policy", str(ROOT / "policies" / f"{policy}.yaml"),
+                    "--store",
+                    store_url,
+                    "--upstream",
+                    upstream,
+                    "--policy",
+                    str(ROOT / "policies" / f"{policy}.yaml"),
                     *extra,
                     log_path=directory / f"gateway{index}.log",
                     env=env,
                 )
-            )  # fmt: skip
+            )
             for index in range(count)
         ]
         for served in started:
@@ -98,12 +101,20 @@ async def at_once(*calls: Awaitable[T]) -> list[T]:
     return list(await asyncio.gather(*calls))
 
 
-async def until(check: Any, seconds: float = 3.0) -> bool:
-    """Poll an async predicate until it holds or ``seconds`` pass (a bounded wait)."""
+async def eventually(
+    read: Callable[[], Awaitable[T]], good: Callable[[T], bool], seconds: float = 3.0
+) -> T:
+    """Read until ``good`` holds or ``seconds`` pass (a bounded wait); the last value read.
+
+    The default bound is below the identity cache's 5 s expiry, so a process serving a
+    stale cached account fails the check rather than outwaiting it."""
     deadline = time.monotonic() + seconds
     while True:
-        if await check():
-            return True
-        if time.monotonic() > deadline:
-            return False
+        value = await read()
+        if good(value) or time.monotonic() > deadline:
+            return value
         await asyncio.sleep(0.05)
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 3.0) -> bool:
+    return await eventually(check, bool, seconds)

@@ -12,7 +12,6 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +20,7 @@ import pytest
 
 from gateway.api.stripe import sign
 from tests.conftest import JWT_SECRET
-from tests.consistency import AUTH, WEBHOOK_SECRET, Pair, at_once, call, gateway_pair, until
+from tests.consistency import AUTH, WEBHOOK_SECRET, Pair, at_once, call, eventually, gateway_pair
 from tests.redis_servers import RedisServer
 
 ACCOUNTS = 60  # tier change against overage switch, one pair of writes each
@@ -61,7 +60,11 @@ def idp(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 async def new_account(session: aiohttp.ClientSession, pair: Pair, tier: str, **fields: Any) -> str:
     status, body = await call(
-        session, "POST", pair.a.admin + "/admin/accounts", json={"tier": tier, **fields}, headers=AUTH
+        session,
+        "POST",
+        pair.a.admin + "/admin/accounts",
+        json={"tier": tier, **fields},
+        headers=AUTH,
     )
     assert status == 201, body
     return str(body["id"])
@@ -70,7 +73,9 @@ async def new_account(session: aiohttp.ClientSession, pair: Pair, tier: str, **f
 async def warm(session: aiohttp.ClientSession, pair: Pair, account_id: str) -> None:
     """Read the account through both processes, so each holds it in its identity cache."""
     for served in pair.both:
-        status, _ = await call(session, "GET", f"{served.admin}/admin/accounts/{account_id}", headers=AUTH)
+        status, _ = await call(
+            session, "GET", f"{served.admin}/admin/accounts/{account_id}", headers=AUTH
+        )
         assert status == 200
 
 
@@ -91,24 +96,19 @@ async def test_tier_change_and_overage_switch_both_kept(stack: Pair) -> None:
         answers = await at_once(*itertools.chain.from_iterable((tier(i), overage(i)) for i in ids))
         assert {status for status, _ in answers} == {200}
 
-        async def kept(served_admin: str) -> list[str]:
-            lost = []
+        async def lost(served_admin: str) -> list[str]:
+            out = []
             for account_id in ids:
                 _, account = await call(
                     session, "GET", f"{served_admin}/admin/accounts/{account_id}", headers=AUTH
                 )
                 if account["tier"] != "enterprise" or account["overage"].get("enabled") is not True:
-                    lost.append(account_id)
-            return lost
+                    out.append(account_id)
+            return out
 
         for served in stack.both:
-            lost: list[str] = []
-
-            async def none_lost(admin: str = served.admin) -> bool:
-                lost[:] = await kept(admin)
-                return not lost
-
-            assert await until(none_lost), f"{len(lost)} of {ACCOUNTS} accounts lost a write"
+            missing = await eventually(lambda admin=served.admin: lost(admin), lambda m: not m)
+            assert not missing, f"{len(missing)} of {ACCOUNTS} accounts lost a write"
 
 
 async def test_concurrent_purchases_and_grants_all_kept(stack: Pair) -> None:
@@ -145,7 +145,11 @@ async def test_concurrent_purchases_and_grants_all_kept(stack: Pair) -> None:
             url = f"{served.admin}/admin/accounts/{account_id}/packages"
             for _ in range(200):
                 status, body = await call(
-                    session, "POST", url, json={"kind": "logic-engine", "size": "small"}, headers=AUTH
+                    session,
+                    "POST",
+                    url,
+                    json={"kind": "logic-engine", "size": "small"},
+                    headers=AUTH,
                 )
                 if status != 409:
                     break
@@ -161,23 +165,19 @@ async def test_concurrent_purchases_and_grants_all_kept(stack: Pair) -> None:
             acknowledged[item[0]].add(item[-1])
         assert all(len(ids) == 2 * PURCHASES for ids in acknowledged.values())
 
+        async def missing(admin: str) -> int:
+            count = 0
+            for account_id, ids in acknowledged.items():
+                _, billing = await call(
+                    session, "GET", f"{admin}/admin/accounts/{account_id}/billing", headers=AUTH
+                )
+                held = {p["id"] for p in billing["packages"]}
+                count += len(ids - held) + len(held - ids)
+            return count
+
         for served in stack.both:
-            missing: dict[str, int] = {}
-
-            async def all_held(admin: str = served.admin) -> bool:
-                missing.clear()
-                for account_id, ids in acknowledged.items():
-                    _, billing = await call(
-                        session, "GET", f"{admin}/admin/accounts/{account_id}/billing", headers=AUTH
-                    )
-                    held = {p["id"] for p in billing["packages"]}
-                    if ids - held or len(held) != len(ids):
-                        missing[account_id] = len(ids - held)
-                return not missing
-
-            assert await until(all_held), (
-                f"{sum(missing.values())} of {2 * BUYERS * PURCHASES} packages missing"
-            )
+            lost = await eventually(lambda admin=served.admin: missing(admin), lambda n: n == 0)
+            assert lost == 0, f"{lost} of {2 * BUYERS * PURCHASES} packages missing"
 
         # a retried purchase answers with the package it bought, which the account holds
         for item in bought[: BUYERS * PURCHASES]:
@@ -243,21 +243,22 @@ async def test_paid_upgrades_at_once_end_on_the_higher_tier(idp: Pair) -> None:
             )
         )
         refused = [body for status, body in answers if status != 200]
+
+        async def tiers(proxy: str) -> list[str]:
+            out = []
+            for org in orgs:
+                _, body = await call(
+                    session, "GET", proxy + "/api/v1/tiers/status", headers=org_token(org)
+                )
+                out.append(body["tier"])
+            return out
+
         for served in idp.both:
-            wrong: list[str] = []
-
-            async def all_enterprise(proxy: str = served.proxy) -> bool:
-                wrong.clear()
-                for org in orgs:
-                    _, body = await call(
-                        session, "GET", proxy + "/api/v1/tiers/status", headers=org_token(org)
-                    )
-                    if body["tier"] != "enterprise":
-                        wrong.append(body["tier"])
-                return not wrong
-
-            ended = await until(all_enterprise)
-            assert ended and not refused, (
+            ended = await eventually(
+                lambda proxy=served.proxy: tiers(proxy), lambda t: set(t) == {"enterprise"}
+            )
+            wrong = [t for t in ended if t != "enterprise"]
+            assert not wrong and not refused, (
                 f"{len(refused)} of {2 * ORGS} paid events refused ({refused[:1]}); "
                 f"{len(wrong)} of {ORGS} organisations ended on {sorted(set(wrong))}"
             )

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Upstream
-from tests.consistency import AUTH, Pair, call, gateway_pair, until
+from tests.consistency import AUTH, Pair, call, eventually, gateway_pair, until
 from tests.redis_servers import RedisCluster, RedisServer
 
 CALLS = 1000
@@ -41,7 +41,9 @@ async def burst(pair: Pair, key: str, fault: Callable[[], object] | None) -> lis
             async with slots:
                 served = pair.both[n % 2]
                 try:
-                    async with session.post(f"{served.proxy}/api/logic/run/{n}", headers=headers) as r:
+                    async with session.post(
+                        f"{served.proxy}/api/logic/run/{n}", headers=headers
+                    ) as r:
                         await r.read()
                         statuses.append(r.status)
                 except aiohttp.ClientError:
@@ -102,13 +104,12 @@ async def settled(pair: Pair, account_id: str, upstream: Upstream, statuses: lis
     ok = sum(1 for s in statuses if 200 <= s < 300)
     for served in pair.both:
         if served.process.poll() is None:
-            used: dict[str, int] = {}
-
-            async def exact(admin: str = served.admin) -> bool:
-                used.update(await charged(admin, account_id))
-                return used["logic_engine_calls"] == delivered
-
-            assert await until(exact, seconds=10), (
+            used = await eventually(
+                lambda admin=served.admin: charged(admin, account_id),
+                lambda u: u["logic_engine_calls"] == delivered,
+                seconds=10,
+            )
+            assert used["logic_engine_calls"] == delivered, (
                 f"{delivered} calls reached the upstream, {used['logic_engine_calls']} charged "
                 f"({statuses.count(503)} answered 503)"
             )
@@ -116,9 +117,7 @@ async def settled(pair: Pair, account_id: str, upstream: Upstream, statuses: lis
     assert ok == delivered, f"{ok} answered 2xx, {delivered} reached the upstream"
 
 
-def pair_on(
-    url: str, upstream: Upstream, tmp_path: Path, *, budget_ms: int = 250
-) -> object:
+def pair_on(url: str, upstream: Upstream, tmp_path: Path, *, budget_ms: int = 250) -> object:
     return gateway_pair(
         url,
         tmp_path,
@@ -207,7 +206,9 @@ async def test_revocation_and_edits_survive_a_dropped_subscription(
         headers = {"Authorization": f"Bearer {key}"}
         async with aiohttp.ClientSession() as session:
             for served in pair.both:  # both processes cache the key and the account
-                status, _ = await call(session, "POST", served.proxy + "/api/logic/run/w", headers=headers)
+                status, _ = await call(
+                    session, "POST", served.proxy + "/api/logic/run/w", headers=headers
+                )
                 assert status == 200
             killed = own_redis.client().execute_command("CLIENT", "KILL", "TYPE", "pubsub")
             assert int(killed) >= 2
@@ -216,15 +217,23 @@ async def test_revocation_and_edits_survive_a_dropped_subscription(
                 json={"tier": "free"}, headers=AUTH,
             )  # fmt: skip
             assert status == 200
-            status, body = await call(session, "GET", f"{pair.a.admin}/admin/accounts/{account_id}", headers=AUTH)
+            status, body = await call(
+                session, "GET", f"{pair.a.admin}/admin/accounts/{account_id}", headers=AUTH
+            )
             key_id = body["keys"][0]["id"]
-            status, _ = await call(session, "DELETE", f"{pair.a.admin}/admin/keys/{key_id}", headers=AUTH)
+            status, _ = await call(
+                session, "DELETE", f"{pair.a.admin}/admin/keys/{key_id}", headers=AUTH
+            )
             assert status == 200
 
             async def refused() -> bool:
-                status, _ = await call(session, "POST", pair.b.proxy + "/api/logic/run/x", headers=headers)
+                status, _ = await call(
+                    session, "POST", pair.b.proxy + "/api/logic/run/x", headers=headers
+                )
                 return status == 401
 
             assert await until(refused)
-            status, body = await call(session, "GET", f"{pair.b.admin}/admin/accounts/{account_id}", headers=AUTH)
+            status, body = await call(
+                session, "GET", f"{pair.b.admin}/admin/accounts/{account_id}", headers=AUTH
+            )
             assert body["tier"] == "free"

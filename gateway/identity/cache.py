@@ -90,10 +90,14 @@ class IdentityCache:
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
+        #: grows with every invalidation: a read that started before one must not fill the
+        #: cache with what it read (it may predate the change announced)
+        self.generation = 0
         self.keys: TtlCache[object] = TtlCache(max_entries=max_entries, ttl=ttl, now=now)
         self.accounts: TtlCache[object] = TtlCache(max_entries=max_entries, ttl=ttl, now=now)
 
     def invalidate(self, message: str) -> None:
+        self.generation += 1
         kind, _, ident = message.partition(":")
         if kind == "key":
             self.keys.discard(ident)
@@ -103,6 +107,7 @@ class IdentityCache:
             self.clear()
 
     def clear(self) -> None:
+        self.generation += 1
         self.keys.clear()
         self.accounts.clear()
 
