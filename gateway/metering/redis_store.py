@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 _SCRIPTS = ("consume", "peek", "set_usage", "release", "read", "swap", "void")
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
+_CLOSE_SETTLE_SECONDS = 5.0  # how long closing waits for voids still owed (late.py)
 
 
 def _script_source(name: str) -> str:
@@ -402,9 +403,14 @@ class RedisStore:
         await self._run(lambda: self._client.ping())
 
     async def close(self) -> None:
-        # a last chance for voids owed, bounded by the budget per command
-        with contextlib.suppress(StoreUnavailable):
-            await self.settle()
+        # voids still owed get a bounded last chance (retried), so a process stopping right
+        # after a store hiccup does not leave the decisions it answered 503 for charged
+        if self._late.pending:
+            self._void_soon()
+        if self._voiding is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_SETTLE_SECONDS):
+                    await asyncio.shield(self._voiding)
         for task in [*self._background, *([self._voiding] if self._voiding else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
