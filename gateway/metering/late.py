@@ -25,13 +25,16 @@ expires after ``MARKER_TTL_MS``); likewise if Redis stays unreachable for longer
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from gateway.errors import StoreUnavailable
 from gateway.metering.store import Charge
 
 #: how long an admitted decision's marker, and a void's tombstone, are kept: the longest
@@ -54,8 +57,16 @@ class Pending:
 class LateDecisions:
     """Decision ids, deadlines in Redis time, and the voids still owed, for one process."""
 
-    def __init__(self, budget: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        budget: float,
+        *,
+        void: Callable[[str, str, Sequence[Charge]], Awaitable[None]],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._budget = budget
+        self._void = void  # runs void.lua for (account, decision id, charges)
+        self._voiding: asyncio.Task[None] | None = None
         self._monotonic = monotonic
         self._prefix = secrets.token_hex(6)  # ids are unique across processes
         self._counter = itertools.count(1)
@@ -88,4 +99,37 @@ class LateDecisions:
         self._offsets.append(redis_time - self._monotonic())
 
     def give_up(self, account_id: str, decision_id: str, charges: Sequence[Charge]) -> None:
+        """A decision got no answer: void it in the background until Redis confirms."""
         self.pending[decision_id] = Pending(account_id, decision_id, tuple(charges))
+        if self._voiding is None or self._voiding.done():
+            self._voiding = asyncio.ensure_future(self._void_until_settled())
+
+    async def settle(self) -> None:
+        """Void every pending decision now; raises StoreUnavailable if one could not be.
+
+        Voiding twice is harmless (the second finds the tombstone), so this may run
+        alongside the background loop."""
+        for pending in list(self.pending.values()):
+            await self._void(pending.account_id, pending.decision_id, pending.charges)
+            self.pending.pop(pending.decision_id, None)
+
+    async def _void_until_settled(self) -> None:
+        backoff = 0.05
+        while self.pending:
+            try:
+                await self.settle()
+            except StoreUnavailable:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def close(self, seconds: float) -> None:
+        """Give the voids still owed up to ``seconds``, then stop trying."""
+        voiding = self._voiding
+        if voiding is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(voiding)
+        voiding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await voiding

@@ -20,7 +20,10 @@ one Cluster slot. Windows are computed inside the script from Redis server time,
 Clock is injected (tests), in which case its ``now`` is passed along.
 
 Every command runs under a budget of ``timeout_ms``; any Redis failure (down, slow, out of
-memory, cluster down) leaves this module as ``StoreUnavailable``.
+memory, cluster down) leaves this module as ``StoreUnavailable``. A decision that raised is
+never charged, even if Redis runs it later: each carries a deadline in Redis time and an
+id that is voided after giving up (``late.py``). Records change by compare-and-set
+(``swap.lua``).
 """
 
 from __future__ import annotations
@@ -145,9 +148,8 @@ class RedisStore:
         # Cluster client does rather than wait
         self._slots = asyncio.Semaphore(_POOL_SIZE)
         # decisions answered late apply nothing (late.py); voids owed run in the background
-        self._late = LateDecisions(self._budget)
+        self._late = LateDecisions(self._budget, void=self._void)
         self._background: set[asyncio.Task[None]] = set()
-        self._voiding: asyncio.Task[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -245,7 +247,6 @@ class RedisStore:
         except BaseException:
             # no answer, so no decision: make sure it never counts, even if it ran
             self._late.give_up(account_id, decision_id, charges)
-            self._void_soon()
             raise
         if int(raw[0]) < 0:
             raise StoreUnavailable("the store ran the decision after its deadline; nothing applied")
@@ -275,22 +276,7 @@ class RedisStore:
         await self._script("void", keys, args)
 
     async def settle(self) -> None:
-        for pending in list(self._late.pending.values()):
-            await self._void(pending.account_id, pending.decision_id, pending.charges)
-            self._late.pending.pop(pending.decision_id, None)
-
-    def _void_soon(self) -> None:
-        if self._voiding is None or self._voiding.done():
-            self._voiding = asyncio.ensure_future(self._void_until_settled())
-
-    async def _void_until_settled(self) -> None:
-        backoff = 0.05
-        while self._late.pending:
-            try:
-                await self.settle()
-            except StoreUnavailable:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+        await self._late.settle()
 
     async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
         if items:
@@ -403,15 +389,10 @@ class RedisStore:
         await self._run(lambda: self._client.ping())
 
     async def close(self) -> None:
-        # voids still owed get a bounded last chance (retried), so a process stopping right
-        # after a store hiccup does not leave the decisions it answered 503 for charged
-        if self._late.pending:
-            self._void_soon()
-        if self._voiding is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_CLOSE_SETTLE_SECONDS):
-                    await asyncio.shield(self._voiding)
-        for task in [*self._background, *([self._voiding] if self._voiding else [])]:
+        # voids still owed get a bounded last chance, so a process stopping right after a
+        # store hiccup does not leave the decisions it answered 503 for charged
+        await self._late.close(_CLOSE_SETTLE_SECONDS)
+        for task in list(self._background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
