@@ -136,11 +136,52 @@ def pair_on(url: str, upstream: Upstream, tmp_path: Path, *, budget_ms: int = 25
     )
 
 
+async def dropped_subscription(pair: Pair, redis_server: RedisServer) -> None:
+    """Pub/sub connections killed, then a tier changed and a key revoked through one process:
+    the other honours both within the bound (its subscription comes back and clears)."""
+    account_id, key = await setup_account(pair)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as session:
+        for served in pair.both:  # both processes cache the key and the account
+            status, _ = await call(
+                session, "POST", served.proxy + "/api/logic/run/w", headers=headers
+            )
+            assert status == 200
+        killed = redis_server.client().execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert int(killed) >= 2
+        status, _ = await call(
+            session, "PUT", f"{pair.a.admin}/admin/accounts/{account_id}/tier",
+            json={"tier": "free"}, headers=AUTH,
+        )  # fmt: skip
+        assert status == 200
+        status, body = await call(
+            session, "GET", f"{pair.a.admin}/admin/accounts/{account_id}", headers=AUTH
+        )
+        key_id = body["keys"][0]["id"]
+        status, _ = await call(
+            session, "DELETE", f"{pair.a.admin}/admin/keys/{key_id}", headers=AUTH
+        )
+        assert status == 200
+
+        async def refused() -> bool:
+            status, _ = await call(
+                session, "POST", pair.b.proxy + "/api/logic/run/x", headers=headers
+            )
+            return status == 401
+
+        assert await until(refused)
+        status, body = await call(
+            session, "GET", f"{pair.b.admin}/admin/accounts/{account_id}", headers=AUTH
+        )
+        assert body["tier"] == "free"
+
+
 async def test_charged_equals_delivered_through_faults_on_one_redis(
     own_redis: RedisServer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    """One pair, one phase per fault (each on its own account and upstream path); the
-    gateway stopped mid-burst comes last, since it leaves one process."""
+    """One pair, one phase per fault (each on its own account and upstream path), and the
+    pub/sub connections dropped; the gateway stopped mid-burst comes last, since it leaves
+    one process."""
     with pair_on(own_redis.url, upstream, tmp_path) as pair:  # type: ignore[attr-defined]
 
         async def freeze() -> None:
@@ -172,6 +213,8 @@ async def test_charged_equals_delivered_through_faults_on_one_redis(
 
                 assert await until(exited, seconds=30)
             await settled(pair, account_id, upstream, statuses, phase=phase)
+            if phase == "pause":
+                await dropped_subscription(pair, own_redis)
 
 
 async def test_frozen_cluster_charges_only_what_was_delivered(
@@ -198,46 +241,3 @@ async def test_memory_burst_is_exact(upstream: Upstream, tmp_path: Path) -> None
         statuses = await burst(pair, key, None, calls=400)
         assert set(statuses) == {200}
         await settled(pair, account_id, upstream, statuses)
-
-
-async def test_revocation_and_edits_survive_a_dropped_subscription(
-    own_redis: RedisServer, upstream: Upstream, tmp_path: Path
-) -> None:
-    """Pub/sub connections killed, then a key revoked and a tier changed through one process:
-    the other honours both within the bound (its subscription comes back and clears)."""
-    with pair_on(own_redis.url, upstream, tmp_path, budget_ms=5000) as pair:  # type: ignore[attr-defined]
-        account_id, key = await setup_account(pair)
-        headers = {"Authorization": f"Bearer {key}"}
-        async with aiohttp.ClientSession() as session:
-            for served in pair.both:  # both processes cache the key and the account
-                status, _ = await call(
-                    session, "POST", served.proxy + "/api/logic/run/w", headers=headers
-                )
-                assert status == 200
-            killed = own_redis.client().execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-            assert int(killed) >= 2
-            status, _ = await call(
-                session, "PUT", f"{pair.a.admin}/admin/accounts/{account_id}/tier",
-                json={"tier": "free"}, headers=AUTH,
-            )  # fmt: skip
-            assert status == 200
-            status, body = await call(
-                session, "GET", f"{pair.a.admin}/admin/accounts/{account_id}", headers=AUTH
-            )
-            key_id = body["keys"][0]["id"]
-            status, _ = await call(
-                session, "DELETE", f"{pair.a.admin}/admin/keys/{key_id}", headers=AUTH
-            )
-            assert status == 200
-
-            async def refused() -> bool:
-                status, _ = await call(
-                    session, "POST", pair.b.proxy + "/api/logic/run/x", headers=headers
-                )
-                return status == 401
-
-            assert await until(refused)
-            status, body = await call(
-                session, "GET", f"{pair.b.admin}/admin/accounts/{account_id}", headers=AUTH
-            )
-            assert body["tier"] == "free"
