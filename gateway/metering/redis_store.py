@@ -263,7 +263,8 @@ class RedisStore:
 
     async def _sample_time(self) -> None:
         self._late.sampling()
-        with contextlib.suppress(StoreUnavailable):
+        # a failed sample only keeps the previous offset (or none: then voids alone protect)
+        with contextlib.suppress(StoreUnavailable, TypeError, ValueError):
             seconds, micros = await self._run(lambda: self._client.time())
             self._late.observe(int(seconds) + int(micros) / 1_000_000)
 
