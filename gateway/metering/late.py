@@ -39,7 +39,7 @@ from gateway.metering.store import Charge
 
 #: how long an admitted decision's marker, and a void's tombstone, are kept: the longest
 #: outage after which a decision the gateway gave up on can still be voided exactly
-MARKER_TTL_MS = 120_000
+MARKER_TTL_MS = 60_000
 #: how often the Redis-time offset is sampled again, and how many samples are kept
 SAMPLE_EVERY = 10.0
 _SAMPLES = 6
