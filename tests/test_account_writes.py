@@ -147,3 +147,34 @@ async def test_a_change_refused_by_its_rule_writes_nothing(
     account = await one.create_account("pro")
     same, changed = await one.change_account(account.id, upgrade_to("free"))
     assert (same.tier, changed) == ("pro", False)
+
+
+async def test_a_read_in_flight_during_a_change_does_not_refill_the_cache(
+    store_factory: Callable[[FakeClock], Awaitable[Store]], clock: FakeClock
+) -> None:
+    """A process reads an account; before the answer arrives, another changes it and the
+    invalidation lands. What the first read returned predates the change: not cached."""
+    store = await store_factory(clock)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    class Slow(Yielding):
+        async def get_record(self, kind: str, record_id: str) -> Any:
+            found = await store.get_record(kind, record_id)
+            held.set()
+            await release.wait()  # the answer is on its way back
+            return found
+
+    try:
+        reader = Registry(Slow(store), clock, IdentityCache(ttl=3600))  # type: ignore[arg-type]
+        writer = Registry(store, clock, IdentityCache(ttl=3600))
+        account = await writer.create_account("free")
+        read = asyncio.create_task(reader.account(account.id))
+        await held.wait()
+        await writer.update_account(account.id, tier="pro")
+        reader.cache.invalidate(f"account:{account.id}")  # what pub/sub delivers
+        release.set()
+        assert (await read).tier == "free"  # the answer itself is what was read
+        assert (await reader.account(account.id)).tier == "pro"  # type: ignore[union-attr]
+    finally:
+        await store.close()
