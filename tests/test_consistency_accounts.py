@@ -8,6 +8,7 @@ checks the store itself and then each process: every acknowledged write is there
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -131,16 +132,19 @@ async def test_concurrent_purchases_and_grants_all_kept(stack: Pair) -> None:
             served = stack.both[n % 2]
             url = served.proxy + "/api/billing/logic-engine-package?package_size=small"
             key = f"buy-{account_id}-{n}"
-            for _ in range(200):  # a 409 says another change is in progress: retry
+            # 409: another change is in progress; 503: the answer was lost (the store was
+            # slow), so whether it was bought is unknown: the Idempotency-Key makes a retry safe
+            for _ in range(200):
                 status, body = await call(
                     session, "POST", url, headers={**headers, "Idempotency-Key": key}
                 )
-                if status != 409:
+                if status not in (409, 503):
                     break
+                await asyncio.sleep(0.05)
             assert status == 201, body
             return account_id, key, body["package"]["id"]
 
-        async def grant(account_id: str, n: int) -> tuple[str, str]:
+        async def grant(account_id: str, n: int) -> tuple[str, str | None]:
             served = stack.both[n % 2]
             url = f"{served.admin}/admin/accounts/{account_id}/packages"
             for _ in range(200):
@@ -153,6 +157,9 @@ async def test_concurrent_purchases_and_grants_all_kept(stack: Pair) -> None:
                 )
                 if status != 409:
                     break
+                await asyncio.sleep(0.05)
+            if status == 503:
+                return account_id, None  # not acknowledged: it may or may not have happened
             assert status == 201, body
             return account_id, body["package"]["id"]
 
@@ -161,9 +168,12 @@ async def test_concurrent_purchases_and_grants_all_kept(stack: Pair) -> None:
             *(grant(a, n) for a, _ in buyers for n in range(PURCHASES)),
         )
         acknowledged: dict[str, set[str]] = {a: set() for a, _ in buyers}
+        unknown = {a: 0 for a, _ in buyers}  # grants answered 503
         for item in bought:
-            acknowledged[item[0]].add(item[-1])
-        assert all(len(ids) == 2 * PURCHASES for ids in acknowledged.values())
+            if item[-1] is None:
+                unknown[item[0]] += 1
+            else:
+                acknowledged[item[0]].add(item[-1])
 
         async def missing(admin: str) -> int:
             count = 0
@@ -172,7 +182,8 @@ async def test_concurrent_purchases_and_grants_all_kept(stack: Pair) -> None:
                     session, "GET", f"{admin}/admin/accounts/{account_id}/billing", headers=AUTH
                 )
                 held = {p["id"] for p in billing["packages"]}
-                count += len(ids - held) + len(held - ids)
+                # every 2xx is held; anything else held came from a grant answered 503
+                count += len(ids - held) + max(len(held - ids) - unknown[account_id], 0)
             return count
 
         for served in stack.both:
