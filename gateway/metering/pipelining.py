@@ -31,6 +31,20 @@ MAX_BATCH = 256
 BATCHES = 4
 
 
+class AtSend:
+    """An argument computed when its batch is written (a deadline that must start then)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+def resolve(args: Sequence[Any]) -> list[Any]:
+    """``args`` with every AtSend computed now."""
+    return [a.make() if isinstance(a, AtSend) else a for a in args]
+
+
 class _Call:
     __slots__ = ("args", "future")
 
@@ -79,13 +93,13 @@ class Pipeliner:
             return
 
         pipe = self._client.pipeline(transaction=False)
-        for call in live:
-            pipe.execute_command(*call.args)
 
         async def connect() -> None:
             pipe.connection = await pipe.connection_pool.get_connection()
 
         async def exchange() -> list[Any]:
+            for call in live:
+                pipe.execute_command(*resolve(call.args))
             replies: list[Any] = await pipe.execute(raise_on_error=False)
             return replies
 

@@ -20,7 +20,10 @@ one Cluster slot. Windows are computed inside the script from Redis server time,
 Clock is injected (tests), in which case its ``now`` is passed along.
 
 Every command runs under a budget of ``timeout_ms``; any Redis failure (down, slow, out of
-memory, cluster down) leaves this module as ``StoreUnavailable``.
+memory, cluster down) leaves this module as ``StoreUnavailable``. A decision that raised is
+never charged, even if Redis runs it later: each carries a deadline in Redis time and an
+id that is voided after giving up (``late.py``). Records change by compare-and-set
+(``swap.lua``).
 """
 
 from __future__ import annotations
@@ -44,15 +47,17 @@ from yarl import URL
 from gateway.aio import LoopLag, exchange_budget
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
-from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
-from gateway.metering.pipelining import Pipeliner
+from gateway.metering.keys import decision_key, meter_key, record_key, sequence_key, set_key
+from gateway.metering.late import MARKER_TTL_MS, LateDecisions
+from gateway.metering.pipelining import AtSend, Pipeliner, resolve
 from gateway.metering.store import Charge, Decision, MeterState
 from gateway.metering.windows import SOURCE_TTL, window_ttl
 
 T = TypeVar("T")
 
-_SCRIPTS = ("consume", "peek", "set_usage", "release", "read")
+_SCRIPTS = ("consume", "peek", "set_usage", "release", "read", "swap", "void")
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
+_CLOSE_SETTLE_SECONDS = 5.0  # how long closing waits for voids still owed (late.py)
 
 
 def _script_source(name: str) -> str:
@@ -179,6 +184,9 @@ class RedisStore:
         self._pipeliner = (
             None if isinstance(self._client, RedisCluster) else Pipeliner(self._client, self._run)
         )
+        # decisions answered late apply nothing (late.py); voids owed run in the background
+        self._late = LateDecisions(self._budget, void=self._void)
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -249,6 +257,7 @@ class RedisStore:
             return await self._command("EVALSHA", sha, len(keys), *keys, *args)
 
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        args = resolve(args)  # under the budget already: a deadline starts now
         sha = self._shas.get(name) or await self._load(name)
         try:
             return await self._client.evalsha(sha, len(keys), *keys, *args)
@@ -306,15 +315,50 @@ class RedisStore:
                 1 if charge.overage else 0,
                 charge.history_ttl,
             ]
-        # the late-decision guard (consume.lua's top): deadline, decision id, marker ttl
-        args += [0, "", 0]
+        if self._late.sample_due():
+            self._spawn(self._sample_time())
+        decision_id, _ = self._late.ticket()
+        # consume.lua's guard: a late decision applies nothing (late.py says why it is exact);
+        # the deadline is taken when the decision is written, as the budget starts then
+        deadline = AtSend(lambda: repr(self._late.deadline()))
+        args += [deadline, decision_id, MARKER_TTL_MS]
         keys = [self._base(account_id, charge) for charge in charges]
-        raw = await self._script("consume", keys, args)
+        try:
+            raw = await self._script("consume", keys, args)
+        except BaseException:
+            # no answer, so no decision: make sure it never counts, even if it ran
+            self._late.give_up(account_id, decision_id, charges)
+            raise
         if int(raw[0]) < 0:
             raise StoreUnavailable("the store ran the decision after its deadline; nothing applied")
         admitted, refused = int(raw[0]) == 1, int(raw[1])
         states = self._states(raw[2:], charges)
         return Decision(admitted, states, None if admitted else refused)
+
+    # -- decisions given up on (late.py) ---------------------------------------------------
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sample_time(self) -> None:
+        self._late.sampling()
+        # a failed sample only keeps the previous offset (or none: then voids alone protect)
+        with contextlib.suppress(StoreUnavailable, TypeError, ValueError):
+            seconds, micros = await self._run(lambda: self._client.time())
+            self._late.observe(int(seconds) + int(micros) / 1_000_000)
+
+    async def _void(self, account_id: str, decision_id: str, charges: Sequence[Charge]) -> None:
+        keys = [decision_key(account_id, decision_id)]
+        args: list[Any] = [MARKER_TTL_MS]
+        for charge in charges:
+            keys.append(self._base(account_id, charge))
+            args += [charge.period or "", charge.cost, 1 if charge.history_ttl else 0]
+        await self._script("void", keys, args)
+
+    async def settle(self) -> None:
+        await self._late.settle()
 
     async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
         if items:
@@ -359,6 +403,19 @@ class RedisStore:
         key, text = record_key(kind, record_id), json.dumps(doc)
         done = await self._command("SET", key, text, *(["NX"] if only_if_absent else []))
         return bool(done)
+
+    async def fetch_record(
+        self, kind: str, record_id: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        raw = await self._run(lambda: self._client.get(record_key(kind, record_id)))
+        return (None, None) if raw is None else (dict(json.loads(raw)), str(raw))
+
+    async def swap_record(
+        self, kind: str, record_id: str, version: str | None, doc: dict[str, Any] | None
+    ) -> bool:
+        text = "" if doc is None else json.dumps(doc)
+        done = await self._script("swap", [record_key(kind, record_id)], [version or "", text])
+        return int(done) == 1
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
         removed = await self._command("DEL", record_key(kind, record_id))
@@ -414,6 +471,13 @@ class RedisStore:
         await self._run(lambda: self._client.ping())
 
     async def close(self) -> None:
+        # voids still owed get a bounded last chance, so a process stopping right after a
+        # store hiccup does not leave the decisions it answered 503 for charged
+        await self._late.close(_CLOSE_SETTLE_SECONDS)
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._lag.stop()
         if self._pipeliner is not None:
             await self._pipeliner.close()
