@@ -24,30 +24,36 @@ async def cancel_and_wait(task: asyncio.Task[object], *, every: float = 0.1) -> 
 
 class LoopLag:
     """How long this process's event loop could not run what was due: the sum of how late a
-    ticker fired. Busy callbacks and a process the OS did not schedule both count."""
+    ticker fired. Busy callbacks and a process the OS did not schedule both count. The
+    ticker runs only while someone measures (``enter`` to ``leave``), so an idle process
+    is not woken for it."""
 
     def __init__(self, interval: float = 0.01) -> None:
         self.total = 0.0
         self._interval = interval
         self._due = 0.0
+        self._users = 0
         self._handle: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
+    def enter(self) -> None:
+        self._users += 1
         if self._handle is None:
             loop = asyncio.get_running_loop()
             self._due = loop.time() + self._interval
             self._handle = loop.call_at(self._due, self._tick, loop)
+
+    def leave(self) -> None:
+        self._users -= 1
+        if self._users <= 0 and self._handle is not None:
+            self._users = 0
+            self._handle.cancel()
+            self._handle = None
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         self.total += max(now - self._due, 0.0)
         self._due = now + self._interval
         self._handle = loop.call_at(self._due, self._tick, loop)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 @contextlib.asynccontextmanager
@@ -62,7 +68,7 @@ async def exchange_budget(seconds: float, lag: LoopLag) -> AsyncIterator[None]:
     turn, and the task steps they woke, run; only a block still waiting then is cut off.
     """
     loop = asyncio.get_running_loop()
-    lag.start()
+    lag.enter()
     started, lag_before = loop.time(), lag.total
     finished = False
     handle: asyncio.Handle | None = None
@@ -86,5 +92,6 @@ async def exchange_budget(seconds: float, lag: LoopLag) -> AsyncIterator[None]:
             yield
         finally:
             finished = True
+            lag.leave()
             if handle is not None:
                 handle.cancel()

@@ -233,6 +233,12 @@ class RedisStore:
         self._shas[name] = sha
         return sha
 
+    async def _load_shared(self, name: str) -> str:
+        """SCRIPT LOAD in the next pipelined batch (a burst's first calls all need it)."""
+        sha = str(await self._command("SCRIPT LOAD", self._sources[name]))
+        self._shas[name] = sha
+        return sha
+
     async def _command(self, *args: Any) -> Any:
         """One command, in the next pipelined batch when there is a pipeliner."""
         if self._pipeliner is None:
@@ -248,12 +254,12 @@ class RedisStore:
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if self._pipeliner is None:
             return await self._run(lambda: self._evalsha(name, keys, args))
-        sha = self._shas.get(name) or await self._run(lambda: self._load(name))
+        sha = self._shas.get(name) or await self._load_shared(name)
         try:
             return await self._command("EVALSHA", sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             # Redis restarted or failed over and lost its script cache: load and repeat
-            sha = await self._run(lambda: self._load(name))
+            sha = await self._load_shared(name)
             return await self._command("EVALSHA", sha, len(keys), *keys, *args)
 
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -346,7 +352,7 @@ class RedisStore:
         self._late.sampling()
         # a failed sample only keeps the previous offset (or none: then voids alone protect)
         with contextlib.suppress(StoreUnavailable, TypeError, ValueError):
-            seconds, micros = await self._run(lambda: self._client.time())
+            seconds, micros = await self._command("TIME")
             self._late.observe(int(seconds) + int(micros) / 1_000_000)
 
     async def _void(self, account_id: str, decision_id: str, charges: Sequence[Charge]) -> None:
@@ -407,7 +413,7 @@ class RedisStore:
     async def fetch_record(
         self, kind: str, record_id: str
     ) -> tuple[dict[str, Any] | None, str | None]:
-        raw = await self._run(lambda: self._client.get(record_key(kind, record_id)))
+        raw = await self._command("GET", record_key(kind, record_id))
         return (None, None) if raw is None else (dict(json.loads(raw)), str(raw))
 
     async def swap_record(
@@ -478,7 +484,6 @@ class RedisStore:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._lag.stop()
         if self._pipeliner is not None:
             await self._pipeliner.close()
         await self._client.aclose()
