@@ -53,7 +53,8 @@ _SCRIPTS = ("consume", "peek", "set_usage", "release", "read")
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
 
 
-def _script_source(name: str) -> str:
+def script_source(name: str) -> str:
+    """The text Redis runs for script ``name``: the shared windows prelude, then its body."""
     lua = resources.files("gateway.metering").joinpath("lua")
     prelude = lua.joinpath("windows.lua").read_text(encoding="utf-8")
     body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
@@ -132,7 +133,7 @@ class RedisStore:
         self._client, self._listener, self._others = connect(url, timeout_ms=timeout_ms)
         self._clock = clock
         self._budget = timeout_ms / 1000
-        self._sources = {name: _script_source(name) for name in _SCRIPTS}
+        self._sources = {name: script_source(name) for name in _SCRIPTS}
         self._shas: dict[str, str] = {}
         # a Cluster client learns the slot map on first use; concurrent first commands would
         # each start that discovery and close one another's connections, so it runs once
@@ -213,9 +214,10 @@ class RedisStore:
 
     # -- metering ---------------------------------------------------------------------------
 
-    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
-        if not charges:
-            return Decision(True, ())
+    def consume_call(
+        self, account_id: str, charges: Sequence[Charge]
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments ``consume`` hands the consume script (bench/ sends the same)."""
         args: list[Any] = [self._now(), SOURCE_TTL]
         for charge in charges:
             limit = -1 if charge.limit is None else charge.limit
@@ -228,7 +230,12 @@ class RedisStore:
                 1 if charge.overage else 0,
                 charge.history_ttl,
             ]
-        keys = [self._base(account_id, charge) for charge in charges]
+        return [self._base(account_id, charge) for charge in charges], args
+
+    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        if not charges:
+            return Decision(True, ())
+        keys, args = self.consume_call(account_id, charges)
         raw = await self._script("consume", keys, args)
         admitted, refused = int(raw[0]) == 1, int(raw[1])
         states = self._states(raw[2:], charges)
