@@ -17,8 +17,10 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,29 +56,32 @@ def _route_charges(policy_file: str, tier: str, route: str, account: str) -> tup
     return tuple(dataclasses.replace(c, limit=None if c.limit is None else FAR) for c in charges)
 
 
-def scenarios() -> list[Scenario]:
-    api = _route_charges("agentstack.yaml", "pro", "api", "bench-api")
+def scenarios(prefix: str = "") -> list[Scenario]:
+    """The rows measured; ``prefix`` sets accounts (and so keys) apart for a baseline script."""
+    api = _route_charges("agentstack.yaml", "pro", "api", prefix + "bench-api")
     return [
         Scenario(
             "AgentStack logic call: 2 monthly charges + daily history",
-            "bench-logic",
-            _route_charges("agentstack.yaml", "pro", "logic", "bench-logic"),
+            prefix + "bench-logic",
+            _route_charges("agentstack.yaml", "pro", "logic", prefix + "bench-logic"),
         ),
-        Scenario("AgentStack API call: 1 monthly charge + daily history", "bench-api", api),
+        Scenario(
+            "AgentStack API call: 1 monthly charge + daily history", prefix + "bench-api", api
+        ),
         Scenario(
             "one monthly charge, no history",
-            "bench-month",
-            (dataclasses.replace(api[0], scope_id="bench-month", history_ttl=0),),
+            prefix + "bench-month",
+            (dataclasses.replace(api[0], scope_id=prefix + "bench-month", history_ttl=0),),
         ),
         Scenario(
             "AgentIdP API call: 1 daily charge",
-            "bench-idp",
-            _route_charges("agentidp.yaml", "pro", "api", "bench-idp"),
+            prefix + "bench-idp",
+            _route_charges("agentidp.yaml", "pro", "api", prefix + "bench-idp"),
         ),
         Scenario(
             "AgentStack logic call, enterprise: 2 unlimited counters + history",
-            "bench-ent",
-            _route_charges("agentstack.yaml", "enterprise", "logic", "bench-ent"),
+            prefix + "bench-ent",
+            _route_charges("agentstack.yaml", "enterprise", "logic", prefix + "bench-ent"),
         ),
     ]
 
@@ -86,28 +91,72 @@ class Row:
     label: str
     command: tuple[str, ...]
     key: str  # where the command runs on a Cluster (a key of its slot)
+    script: str  # the script the command calls, loaded on every node first
     scenario: Scenario | None = None
 
 
-def rows(store: RedisStore) -> list[Row]:
-    consume = hashlib.sha1(script_source("consume").encode()).hexdigest()
-    minimal = hashlib.sha1(MINIMAL.encode()).hexdigest()
+def baseline_source(revision: str) -> str:
+    """consume.lua as it was at a git revision, with its prelude, for a before/after run."""
+
+    def show(name: str) -> str:
+        path = f"{revision}:gateway/metering/lua/{name}.lua"
+        return subprocess.run(
+            ["git", "show", path], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
+
+    return show("windows") + "\n" + show("consume")
+
+
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+def rows(store: RedisStore, baseline: str | None) -> list[Row]:
+    """INCR, the minimal script, then each scenario: by this tree's consume.lua and, with a
+    baseline revision, by that revision's (same keys and arguments, other accounts)."""
     plain = "gw:{a:bench}:plain"
     out = [
-        Row("INCR", ("INCR", plain), plain),
-        Row("EVALSHA of a one-line INCRBY script", ("EVALSHA", minimal, "1", plain, "1"), plain),
+        Row("INCR", ("INCR", plain), plain, MINIMAL),
+        Row(
+            "EVALSHA of a one-line INCRBY script",
+            ("EVALSHA", _sha(MINIMAL), "1", plain, "1"),
+            plain,
+            MINIMAL,
+        ),
     ]
-    for scenario in scenarios():
-        keys, args = store.consume_call(scenario.account, scenario.charges)
-        command = ("EVALSHA", consume, str(len(keys)), *keys, *(str(a) for a in args))
-        out.append(Row("consume.lua, " + scenario.label, command, keys[0], scenario))
+    scripts = [("consume.lua", "", script_source("consume"))]
+    if baseline is not None:
+        scripts.append((f"consume.lua at {baseline}", "base-", baseline_source(baseline)))
+    for scenario_index in range(len(scenarios())):
+        for name, prefix, source in scripts:
+            scenario = scenarios(prefix)[scenario_index]
+            keys, args = store.consume_call(scenario.account, scenario.charges)
+            command = ("EVALSHA", _sha(source), str(len(keys)), *keys, *(str(a) for a in args))
+            out.append(Row(f"{name}, {scenario.label}", command, keys[0], source, scenario))
     return out
 
 
-def benchmark(port: int, command: Sequence[str], requests: int) -> float:
-    """Requests per second redis-benchmark reports for one command (50 clients, pipeline 16)."""
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    per_second: float  # what redis-benchmark reports: the wall-clock rate
+    per_cpu_second: float  # requests per second of the server's own CPU time (user + sys)
+
+
+def _cpu(port: int) -> float:
+    info = redis.Redis(host="127.0.0.1", port=port).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def benchmark(port: int, command: Sequence[str], requests: int) -> Figure:
+    """One redis-benchmark run of ``command`` (50 clients, pipeline 16).
+
+    Besides redis-benchmark's rate, the server's CPU time over the run gives the rate one
+    fully busy Redis core would reach: on a machine shared with other work the wall-clock
+    rate swings with the load, the CPU time a request costs much less so.
+    """
     address = ["-h", "127.0.0.1", "-p", str(port)]
     load = ["-n", str(requests), "-c", "50", "-P", "16", "--csv"]
+    before = _cpu(port)
     done = subprocess.run(
         [BENCHMARK, *address, *load, *command],
         check=True,
@@ -115,8 +164,9 @@ def benchmark(port: int, command: Sequence[str], requests: int) -> float:
         text=True,
         timeout=600,
     )
+    spent = _cpu(port) - before
     last = done.stdout.strip().splitlines()[-1]
-    return float(last.split(",")[1].strip('"'))
+    return Figure(float(last.split(",")[1].strip('"')), requests / spent)
 
 
 def owner(ports: Sequence[int], key: str) -> int:
@@ -145,22 +195,25 @@ def check(port: int, row: Row, sent: int) -> None:
 
 def measure(
     topology: str, ports: Sequence[int], table: list[Row], requests: int, repeats: int
-) -> dict[str, list[float]]:
+) -> dict[str, list[Figure]]:
     for port in ports:
         client = redis.Redis(host="127.0.0.1", port=port)
-        client.script_load(script_source("consume"))
-        client.script_load(MINIMAL)
+        for source in {row.script for row in table}:
+            client.script_load(source)
     where = {row.label: owner(ports, row.key) if len(ports) > 1 else ports[0] for row in table}
-    figures: dict[str, list[float]] = {row.label: [] for row in table}
+    figures: dict[str, list[Figure]] = {row.label: [] for row in table}
     sent: dict[str, int] = {}
     for repeat in range(repeats):
         for row in table:
-            rate = benchmark(where[row.label], row.command, requests)
-            figures[row.label].append(rate)
+            figure = benchmark(where[row.label], row.command, requests)
+            figures[row.label].append(figure)
             # INCR and the minimal script share a counter; each consume row has its own keys
             shared = row.key if row.scenario is None else row.label
             sent[shared] = sent.get(shared, 0) + requests
-            print(f"  {topology:<8} run {repeat + 1}/{repeats}  {rate:>10,.0f}/s  {row.label}")
+            print(
+                f"  {topology:<8} run {repeat + 1}/{repeats}  {figure.per_second:>10,.0f}/s"
+                f"  {figure.per_cpu_second:>10,.0f}/cpu-s  {row.label}"
+            )
     for row in table:
         shared = row.key if row.scenario is None else row.label
         check(where[row.label], row, sent[shared])
@@ -174,11 +227,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000, help="per figure and run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--no-cluster", action="store_true", help="single node only")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also measure consume.lua as of this git revision"
+    )
     options = parser.parse_args()
+    # stopped with SIGTERM, still stop the servers it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     store = RedisStore("redis://127.0.0.1:1/0")  # builds calls only; never connects
-    table = rows(store)
+    table = rows(store, options.baseline)
     asyncio.run(store.close())
-    results: dict[str, dict[str, list[float]]] = {}
+    results: dict[str, dict[str, list[Figure]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         single = RedisServer(Path(tmp) / "single").start()
         try:
@@ -199,21 +257,24 @@ def main() -> None:
     print_table(results, options)
 
 
-def print_table(results: dict[str, dict[str, list[float]]], options: argparse.Namespace) -> None:
+def print_table(results: dict[str, dict[str, list[Figure]]], options: argparse.Namespace) -> None:
     print(
         f"\nredis-benchmark -c 50 -P 16, {options.requests:,} requests per run, median of "
-        f"{options.repeats} runs (all runs in parentheses); Cluster: the one primary serving "
-        "the account's slot\n"
+        f"{options.repeats} runs (all runs in parentheses). per s: redis-benchmark's rate; "
+        "per CPU-s: requests per second of the server's CPU time (one busy core). Cluster: "
+        "the primary serving the account's slot.\n"
     )
     topologies = list(results)
-    print("| command | " + " | ".join(f"{t} node, per second" for t in topologies) + " |")
-    print("|---|" + "---:|" * len(topologies))
+    heads = [f"{t} {what}" for t in topologies for what in ("per s", "per CPU-s")]
+    print("| command | " + " | ".join(heads) + " |")
+    print("|---|" + "---:|" * len(heads))
     for label in results[topologies[0]]:
         cells = []
         for topology in topologies:
             runs = results[topology][label]
-            spread = ", ".join(f"{r / 1000:.0f}k" for r in runs)
-            cells.append(f"{statistics.median(runs):,.0f} ({spread})")
+            for rates in ([f.per_second for f in runs], [f.per_cpu_second for f in runs]):
+                spread = ", ".join(f"{r / 1000:.0f}k" for r in rates)
+                cells.append(f"{statistics.median(rates):,.0f} ({spread})")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

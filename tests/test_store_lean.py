@@ -7,8 +7,10 @@ Redis's own INFO commandstats, which counts the commands a script runs) are Redi
 from __future__ import annotations
 
 from gateway.metering.clock import FakeClock
-from gateway.metering.redis_store import RedisStore
+from gateway.metering.keys import history_key
+from gateway.metering.redis_store import RedisStore, script_source
 from gateway.metering.store import Charge, Store
+from gateway.metering.windows import window
 from tests.redis_servers import RedisServer
 from tests.test_store_contract import Make, make_store, store
 
@@ -129,3 +131,27 @@ async def test_crossing_the_allowance_writes_the_source_counters_once(
     assert (over["incrby"], over["expire"]) == (2, 1)
     ttl = own_redis.client().ttl(state.key + ":overage")
     assert ttl > 300 * 86400
+
+
+async def test_a_wrong_window_guess_is_ignored_for_the_servers_own_window(
+    own_redis: RedisServer, clock: FakeClock
+) -> None:
+    """A gateway whose clock is a month ahead (or a day behind) still counts in the window
+    of the time the script runs at."""
+    store = RedisStore(own_redis.url, clock=clock)
+    charges = [Charge("api_calls", "42", "month", 1, None, history_ttl=HISTORY)]
+    try:
+        keys, args = store.consume_call("42", charges)
+        month, _ = window("month", clock.now())
+        day, _ = window("day", clock.now())
+        ahead = 40 * 86400 + clock.now()
+        wrong_month = [f":{window('month', ahead)[0]}", str(ahead - 10), str(ahead + 10)]
+        wrong_day = [":1999-01-01", str(clock.now() - 2 * 86400), str(clock.now() - 86400)]
+        args[2:8] = wrong_month + wrong_day
+        sha = own_redis.client().script_load(script_source("consume"))
+        reply = own_redis.client().evalsha(sha, len(keys), *keys, *args)
+    finally:
+        await store.close()
+    assert reply[2].decode() == f"gw:{{a:42}}:m:api_calls:42:{month}"
+    history = history_key("42", "api_calls", "42", day)
+    assert own_redis.client().get(history) == b"1"

@@ -42,14 +42,15 @@ from redis.backoff import NoBackoff
 from yarl import URL
 
 from gateway.errors import StoreUnavailable
-from gateway.metering.clock import Clock
+from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
 from gateway.metering.store import Charge, Decision, MeterState
-from gateway.metering.windows import SOURCE_TTL, window_ttl
+from gateway.metering.windows import SOURCE_TTL, window_span, window_ttl
 
 T = TypeVar("T")
 
 _SCRIPTS = ("consume", "peek", "set_usage", "release", "read")
+_SYSTEM = SystemClock()
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
 
 
@@ -132,6 +133,7 @@ class RedisStore:
     def __init__(self, url: str, *, clock: Clock | None = None, timeout_ms: int = 250) -> None:
         self._client, self._listener, self._others = connect(url, timeout_ms=timeout_ms)
         self._clock = clock
+        self._guessed: tuple[float, float, list[str]] | None = None  # (start, end, args)
         self._budget = timeout_ms / 1000
         self._sources = {name: script_source(name) for name in _SCRIPTS}
         self._shas: dict[str, str] = {}
@@ -183,6 +185,23 @@ class RedisStore:
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock.now())
 
+    def _guesses(self) -> list[str]:
+        """This process's guess of the month and day windows, for the consume script.
+
+        Computing a window in Lua costs a decision as much as a write; the script takes a
+        guess instead when its own ``now`` (Redis server time) falls inside it, so windows
+        still come from the server's clock and a skewed gateway changes nothing.
+        """
+        now = (self._clock or _SYSTEM).now()
+        cached = self._guessed
+        if cached is None or not cached[0] <= now < cached[1]:
+            month, month_start, month_reset = window_span("month", now)
+            day, day_start, day_reset = window_span("day", now)
+            args = [f":{month}", f"{month_start:.0f}", f"{month_reset:.0f}"]
+            args += [f":{day}", f"{day_start:.0f}", f"{day_reset:.0f}"]
+            cached = self._guessed = (day_start, day_reset, args)
+        return cached[2]
+
     @staticmethod
     def _base(account_id: str, charge: Charge) -> str:
         return meter_key(account_id, charge.meter, charge.scope_id, None)
@@ -218,7 +237,7 @@ class RedisStore:
         self, account_id: str, charges: Sequence[Charge]
     ) -> tuple[list[str], list[Any]]:
         """The keys and arguments ``consume`` hands the consume script (bench/ sends the same)."""
-        args: list[Any] = [self._now(), SOURCE_TTL]
+        args: list[Any] = [self._now(), SOURCE_TTL, *self._guesses()]
         for charge in charges:
             limit = -1 if charge.limit is None else charge.limit
             args += [

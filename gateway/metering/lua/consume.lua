@@ -4,6 +4,8 @@
 -- The script reads and writes KEYS[i] .. ":" .. <window>, computed here from the clock: such a
 -- key is not declared, but it carries the same hash tag, so it lives in the same Cluster slot.
 -- ARGV[1]: now, or "" for server time; ARGV[2]: ttl of per-source counters (statements);
+-- ARGV[3..8]: the caller's guess of the month and day windows, each as ":<id>", start and
+-- reset epochs: used only when `now` falls inside it, so a skewed caller changes nothing;
 -- then per charge: period ("day"|"month"|""), cost, limit (-1: unlimited), ttl seconds for a
 -- new window key, package capacity, overage (1|0), history ttl (0: none, -1: no expiry).
 -- Returns {admitted (1|0), refused index (0-based, -1 if admitted), then per charge:
@@ -12,32 +14,41 @@
 --
 -- Every command here is on the decision path of every proxied request, so the script sends
 -- only the ones a decision needs (docs/performance.md measures it):
---   * a window's suffix and reset are computed once per period, not once per key;
+--   * a window's suffix and reset are taken from the caller's guess once checked against
+--     `now` (computing them here costs as much as a write), once per period, not per key;
 --   * a limited counter is read with one MGET (usage and both source counters); an
 --     unlimited counter is not read at all: its INCRBY's reply is its usage;
 --   * a new key is told by its INCRBY's reply equal to the cost: EXPIRE only then;
 --   * source counters are written only when a charge's units pass the allowance, and the
 --     values returned are computed from what was read, not read again.
 local now = clock_now()
-local source_ttl = tonumber(ARGV[2])
+local source_ttl = ARGV[2]
 local n = #KEYS
 local width = 7
+local first = 8 -- ARGV index before the first charge's fields
 
-local windows = {}
+-- period -> {suffix, reset}, filled on first use
+local windows = {[""] = {"", -1}}
+local guesses = {month = 3, day = 6}
 local function window_of(period)
   local found = windows[period]
   if found == nil then
-    local suffix, reset = window(period, now)
-    found = {suffix, reset}
+    local at = guesses[period]
+    local reset = tonumber(ARGV[at + 2])
+    if tonumber(ARGV[at + 1]) <= now and now < reset then
+      found = {ARGV[at], reset}
+    else
+      found = {window(period, now)}
+    end
     windows[period] = found
   end
   return found[1], found[2]
 end
 
--- a new key (its INCRBY's reply is the units just added) gets its expiry; ttl <= 0: none
+-- a new key (its INCRBY's reply is the units just added) gets its expiry
 local function add(key, units, ttl)
   local after = redis.call("INCRBY", key, units)
-  if after == units and ttl > 0 then redis.call("EXPIRE", key, ttl) end
+  if after == units and ttl then redis.call("EXPIRE", key, ttl) end
   return after
 end
 
@@ -49,69 +60,62 @@ local function share(before, after, low, high)
   return 0
 end
 
-local keys, resets, used, packaged, over = {}, {}, {}, {}, {}
-local limits, ledger = {}, {}
+-- The reply is built in place: per charge, at o = 2 + 5 * (i - 1): o+1 exact key, o+2 used,
+-- o+3 reset, o+4 package units, o+5 overage units.
+local out = {1, -1}
 local refused = -1
 for i = 1, n do
-  local at = 2 + (i - 1) * width
-  local period = ARGV[at + 1]
-  local suffix, reset = window_of(period)
-  keys[i], resets[i] = KEYS[i] .. suffix, reset
-  limits[i] = tonumber(ARGV[at + 3])
-  packaged[i], over[i] = 0, 0
+  local at, o = first + (i - 1) * width, 2 + (i - 1) * 5
+  local suffix, reset = window_of(ARGV[at + 1])
+  local key = KEYS[i] .. suffix
+  local limit = tonumber(ARGV[at + 3])
+  out[o + 1], out[o + 3], out[o + 4], out[o + 5] = key, reset, 0, 0
   -- only a limited counter has a ledger; only a limited charge without overage can refuse
-  ledger[i] = period ~= "" and limits[i] >= 0
-  local can_refuse = limits[i] >= 0 and ARGV[at + 6] ~= "1"
-  if ledger[i] then
-    local found = redis.call("MGET", keys[i], keys[i] .. ":package", keys[i] .. ":overage")
-    used[i] = tonumber(found[1] or "0")
-    packaged[i], over[i] = tonumber(found[2] or "0"), tonumber(found[3] or "0")
-  elseif can_refuse then
-    used[i] = tonumber(redis.call("GET", keys[i]) or "0")
-  end
-  if refused < 0 and can_refuse
-      and used[i] + tonumber(ARGV[at + 2]) > limits[i] + tonumber(ARGV[at + 5]) then
-    refused = i - 1
+  if limit >= 0 then
+    local used
+    if suffix ~= "" then
+      local found = redis.call("MGET", key, key .. ":package", key .. ":overage")
+      used = tonumber(found[1] or "0")
+      out[o + 4], out[o + 5] = tonumber(found[2] or "0"), tonumber(found[3] or "0")
+    elseif ARGV[at + 6] ~= "1" then
+      used = tonumber(redis.call("GET", key) or "0")
+    end
+    out[o + 2] = used
+    if refused < 0 and ARGV[at + 6] ~= "1"
+        and used + tonumber(ARGV[at + 2]) > limit + tonumber(ARGV[at + 5]) then
+      refused = i - 1
+    end
   end
 end
 
 if refused < 0 then
   for i = 1, n do
-    local at = 2 + (i - 1) * width
+    local at, o = first + (i - 1) * width, 2 + (i - 1) * 5
     local period, cost = ARGV[at + 1], tonumber(ARGV[at + 2])
+    local key = out[o + 1]
     -- every window key expires, set once when the window's key is created
-    used[i] = add(keys[i], cost, period ~= "" and tonumber(ARGV[at + 4]) or 0)
-    if ledger[i] then
-      local before = used[i] - cost
-      local capacity = limits[i] + tonumber(ARGV[at + 5])
-      local to_package = share(before, used[i], limits[i], capacity)
-      local to_overage = share(before, used[i], capacity, math.huge)
-      if to_package > 0 then
-        packaged[i] = add(keys[i] .. ":package", to_package, source_ttl)
-      end
-      if to_overage > 0 then
-        over[i] = add(keys[i] .. ":overage", to_overage, source_ttl)
-      end
+    local after = add(key, cost, period ~= "" and ARGV[at + 4])
+    local limit = tonumber(ARGV[at + 3])
+    if period ~= "" and limit >= 0 then
+      local before = after - cost
+      local capacity = limit + tonumber(ARGV[at + 5])
+      local to_package = share(before, after, limit, capacity)
+      if to_package > 0 then out[o + 4] = add(key .. ":package", to_package, source_ttl) end
+      local to_overage = share(before, after, capacity, math.huge)
+      if to_overage > 0 then out[o + 5] = add(key .. ":overage", to_overage, source_ttl) end
     end
-    local history_ttl = tonumber(ARGV[at + 7])
-    if period ~= "" and history_ttl ~= 0 then
-      local day = window_of("day")
-      add(KEYS[i] .. ":h" .. day, cost, history_ttl)
+    out[o + 2] = after
+    local history = ARGV[at + 7]
+    if period ~= "" and history ~= "0" then
+      add(KEYS[i] .. ":h" .. window_of("day"), cost, history ~= "-1" and history)
     end
   end
 else
-  -- refused: the charges not read above (unlimited counters) report their usage too
+  out[1], out[2] = 0, refused
+  -- the charges not read above (unlimited ones) report their usage too
   for i = 1, n do
-    if used[i] == nil then used[i] = tonumber(redis.call("GET", keys[i]) or "0") end
+    local o = 2 + (i - 1) * 5
+    if out[o + 2] == nil then out[o + 2] = tonumber(redis.call("GET", out[o + 1]) or "0") end
   end
-end
-
-local out = {refused < 0 and 1 or 0, refused}
-for i = 1, n do
-  out[#out + 1] = keys[i]
-  out[#out + 1] = used[i]
-  out[#out + 1] = resets[i]
-  out[#out + 1] = packaged[i]
-  out[#out + 1] = over[i]
 end
 return out
