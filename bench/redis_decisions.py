@@ -2,8 +2,9 @@
 minimal EVALSHA, on a single redis-server and on one primary of a local 3-primary Cluster.
 
 Every decision is sent exactly as production sends it: the charges come from the shipped
-policies through ``decide.charges`` and the keys and arguments from
-``RedisStore.consume_call``; the script is the one ``RedisStore`` loads. Only the limits are
+policies through ``decide.charges``, and the script, keys and arguments are the ones
+``RedisStore.consume`` sends (caught on their way out). ``--baseline REV`` adds the same rows
+as the gateway at git revision REV sends them, for a before/after in one run. Only the limits are
 raised out of reach, so each decision is the common one (a request far below its limit).
 Load comes from ``redis-benchmark`` (50 clients, pipeline 16), so the figures measure Redis
 running the script, not a Python client. Each figure is the median of ``--repeats`` runs,
@@ -14,9 +15,10 @@ final counters are checked, so a script that errors cannot pass for a fast one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import hashlib
+import json
+import os
 import signal
 import statistics
 import subprocess
@@ -29,7 +31,6 @@ import redis
 
 from gateway.identity.resolve import Identity
 from gateway.metering import decide
-from gateway.metering.redis_store import RedisStore, script_source
 from gateway.metering.store import Charge
 from gateway.policy.loader import load_policy
 from tests.redis_servers import RedisServer, start_cluster
@@ -95,25 +96,58 @@ class Row:
     scenario: Scenario | None = None
 
 
-def baseline_source(revision: str) -> str:
-    """consume.lua as it was at a git revision, with its prelude, for a before/after run."""
+# Run in a subprocess with a tree of the gateway on its path: the consume script's source and,
+# per scenario, the keys and arguments RedisStore.consume hands it (caught on their way out).
+_CAPTURE = """
+import asyncio, json, sys
+from gateway.metering.redis_store import RedisStore
+from gateway.metering.store import Charge
 
-    def show(name: str) -> str:
-        path = f"{revision}:gateway/metering/lua/{name}.lua"
-        return subprocess.run(
-            ["git", "show", path], cwd=ROOT, check=True, capture_output=True, text=True
-        ).stdout
+class Sent(Exception):
+    pass
 
-    return show("windows") + "\n" + show("consume")
+class Capture(RedisStore):
+    async def _script(self, name, keys, args):
+        raise Sent([list(keys), [str(a) for a in args]])
+
+async def main():
+    store = Capture("redis://127.0.0.1:1/0")
+    calls = []
+    for account, charges in json.load(sys.stdin):
+        try:
+            await store.consume(account, [Charge(**c) for c in charges])
+        except Sent as sent:
+            calls.append(sent.args[0])
+    await store.close()
+    print(json.dumps({"source": store._sources["consume"], "calls": calls}))
+
+asyncio.run(main())
+"""
+
+
+def sent_by(tree: Path, table: Sequence[Scenario]) -> tuple[str, list[tuple[list[str], list[str]]]]:
+    """The consume script of the gateway in ``tree`` and the calls its RedisStore makes."""
+    request = [(s.account, [dataclasses.asdict(c) for c in s.charges]) for s in table]
+    done = subprocess.run(
+        [sys.executable, "-c", _CAPTURE],
+        input=json.dumps(request),
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    reply = json.loads(done.stdout)
+    return reply["source"], [(keys, args) for keys, args in reply["calls"]]
 
 
 def _sha(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
 
-def rows(store: RedisStore, baseline: str | None) -> list[Row]:
-    """INCR, the minimal script, then each scenario: by this tree's consume.lua and, with a
-    baseline revision, by that revision's (same keys and arguments, other accounts)."""
+def rows(trees: Sequence[tuple[str, Path, str]]) -> list[Row]:
+    """INCR, the minimal script, then each scenario as sent by each gateway tree (this one,
+    and a baseline revision's for a before/after in one run), each on accounts of its own."""
     plain = "gw:{a:bench}:plain"
     out = [
         Row("INCR", ("INCR", plain), plain, MINIMAL),
@@ -124,15 +158,17 @@ def rows(store: RedisStore, baseline: str | None) -> list[Row]:
             MINIMAL,
         ),
     ]
-    scripts = [("consume.lua", "", script_source("consume"))]
-    if baseline is not None:
-        scripts.append((f"consume.lua at {baseline}", "base-", baseline_source(baseline)))
-    for scenario_index in range(len(scenarios())):
-        for name, prefix, source in scripts:
-            scenario = scenarios(prefix)[scenario_index]
-            keys, args = store.consume_call(scenario.account, scenario.charges)
-            command = ("EVALSHA", _sha(source), str(len(keys)), *keys, *(str(a) for a in args))
-            out.append(Row(f"{name}, {scenario.label}", command, keys[0], source, scenario))
+    by_tree = []
+    for name, tree, prefix in trees:
+        table = scenarios(prefix)
+        source, calls = sent_by(tree, table)
+        by_tree.append((name, source, table, calls))
+    for index in range(len(scenarios())):
+        for name, source, table, calls in by_tree:
+            keys, args = calls[index]
+            command = ("EVALSHA", _sha(source), str(len(keys)), *keys, *args)
+            label = f"{name}, {table[index].label}"
+            out.append(Row(label, command, keys[0], source, table[index]))
     return out
 
 
@@ -233,11 +269,21 @@ def main() -> None:
     options = parser.parse_args()
     # stopped with SIGTERM, still stop the servers it started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    store = RedisStore("redis://127.0.0.1:1/0")  # builds calls only; never connects
-    table = rows(store, options.baseline)
-    asyncio.run(store.close())
     results: dict[str, dict[str, list[Figure]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        trees = [("consume.lua", ROOT, "")]
+        if options.baseline:
+            base = Path(tmp) / "baseline"
+            base.mkdir()
+            archive = subprocess.run(
+                ["git", "archive", options.baseline, "gateway", "policies"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+            trees.append((f"consume.lua at {options.baseline}", base, "base-"))
+        table = rows(trees)
         single = RedisServer(Path(tmp) / "single").start()
         try:
             results["single"] = measure(

@@ -236,7 +236,7 @@ class RedisStore:
     def consume_call(
         self, account_id: str, charges: Sequence[Charge]
     ) -> tuple[list[str], list[Any]]:
-        """The keys and arguments ``consume`` hands the consume script (bench/ sends the same)."""
+        """The keys and arguments ``consume`` hands the consume script."""
         args: list[Any] = [self._now(), SOURCE_TTL, *self._guesses()]
         for charge in charges:
             limit = -1 if charge.limit is None else charge.limit

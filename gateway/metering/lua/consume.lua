@@ -45,9 +45,10 @@ local function window_of(period)
   return found[1], found[2]
 end
 
--- a new key (its INCRBY's reply is the units just added) gets its expiry
-local function add(key, units, ttl)
-  local after = redis.call("INCRBY", key, units)
+-- A new key (its INCRBY's reply is the units just added) gets its expiry. `text` is `units`
+-- as sent when there is such a string: Lua's number-to-string conversion is not free.
+local function add(key, units, text, ttl)
+  local after = redis.call("INCRBY", key, text)
   if after == units and ttl then redis.call("EXPIRE", key, ttl) end
   return after
 end
@@ -94,20 +95,24 @@ if refused < 0 then
     local period, cost = ARGV[at + 1], tonumber(ARGV[at + 2])
     local key = out[o + 1]
     -- every window key expires, set once when the window's key is created
-    local after = add(key, cost, period ~= "" and ARGV[at + 4])
+    local after = add(key, cost, ARGV[at + 2], period ~= "" and ARGV[at + 4])
     local limit = tonumber(ARGV[at + 3])
     if period ~= "" and limit >= 0 then
       local before = after - cost
       local capacity = limit + tonumber(ARGV[at + 5])
       local to_package = share(before, after, limit, capacity)
-      if to_package > 0 then out[o + 4] = add(key .. ":package", to_package, source_ttl) end
+      if to_package > 0 then
+        out[o + 4] = add(key .. ":package", to_package, to_package, source_ttl)
+      end
       local to_overage = share(before, after, capacity, math.huge)
-      if to_overage > 0 then out[o + 5] = add(key .. ":overage", to_overage, source_ttl) end
+      if to_overage > 0 then
+        out[o + 5] = add(key .. ":overage", to_overage, to_overage, source_ttl)
+      end
     end
     out[o + 2] = after
     local history = ARGV[at + 7]
     if period ~= "" and history ~= "0" then
-      add(KEYS[i] .. ":h" .. window_of("day"), cost, history ~= "-1" and history)
+      add(KEYS[i] .. ":h" .. window_of("day"), cost, ARGV[at + 2], history ~= "-1" and history)
     end
   end
 else
