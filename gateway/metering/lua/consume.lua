@@ -21,7 +21,31 @@
 --   * a new key is told by its INCRBY's reply equal to the cost: EXPIRE only then;
 --   * source counters are written only when a charge's units pass the allowance, and the
 --     values returned are computed from what was read, not read again.
-local now = clock_now()
+--
+-- Late decisions apply nothing (issue 17). The LAST THREE ARGV, after every charge's fields,
+-- are: deadline (Redis epoch seconds, 0: none), decision id ("": unguarded), marker ttl (ms).
+-- The decision's marker key is <account hash tag part of KEYS[1]> .. ":d:" .. id, as
+-- keys.decision_key builds it. The script returns {-1} and changes nothing when Redis TIME
+-- is past the deadline (the gateway has given up by then) or when the marker already
+-- exists (the gateway voided this id after giving up; void.lua). Otherwise, once the
+-- decision is admitted, the marker records the `now` it was decided at, so void.lua can
+-- find and undo it if the gateway never read the answer. Redis runs this script and
+-- void.lua one at a time, so exactly one of them wins.
+local guard_deadline = tonumber(ARGV[#ARGV - 2])
+local guard_id = ARGV[#ARGV - 1]
+local guard_marker = nil
+local server_now = nil -- read once: the guard's TIME is also the windows' clock
+if guard_id ~= "" then
+  guard_marker = string.match(KEYS[1], "^gw:{.-}") .. ":d:" .. guard_id
+  if redis.call("EXISTS", guard_marker) == 1 then return {-1} end
+  if guard_deadline > 0 then
+    local t = redis.call("TIME")
+    server_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    if server_now > guard_deadline then return {-1} end
+  end
+end
+
+local now = ARGV[1] == "" and server_now or clock_now()
 local source_ttl = ARGV[2]
 local n = #KEYS
 local width = 7
@@ -122,5 +146,9 @@ else
     local o = 2 + (i - 1) * 5
     if out[o + 2] == nil then out[o + 2] = tonumber(redis.call("GET", out[o + 1]) or "0") end
   end
+end
+-- Late decisions (see the top): an admitted guarded decision leaves its marker.
+if guard_marker and refused < 0 then
+  redis.call("SET", guard_marker, string.format("%.17g", now), "PX", ARGV[#ARGV])
 end
 return out
