@@ -133,10 +133,11 @@ def sent_by(tree: Path, table: Sequence[Scenario]) -> tuple[str, list[tuple[list
         input=json.dumps(request),
         cwd=tree,
         env={**os.environ, "PYTHONPATH": str(tree)},
-        check=True,
         capture_output=True,
         text=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"the gateway in {tree} could not build its calls:\n{done.stderr}")
     reply = json.loads(done.stdout)
     return reply["source"], [(keys, args) for keys, args in reply["calls"]]
 
