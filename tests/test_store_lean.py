@@ -6,6 +6,8 @@ Redis's own INFO commandstats, which counts the commands a script runs) are Redi
 
 from __future__ import annotations
 
+import time
+
 from gateway.metering.clock import FakeClock
 from gateway.metering.keys import history_key
 from gateway.metering.redis_store import RedisStore, script_source
@@ -155,3 +157,24 @@ async def test_a_wrong_window_guess_is_ignored_for_the_servers_own_window(
     assert reply[2].decode() == f"gw:{{a:42}}:m:api_calls:42:{month}"
     history = history_key("42", "api_calls", "42", day)
     assert own_redis.client().get(history) == b"1"
+
+
+async def test_a_guarded_decision_reads_the_server_clock_once(own_redis: RedisServer) -> None:
+    """The late-decision guard's TIME is also the windows' clock: one TIME per decision."""
+    store = RedisStore(own_redis.url)  # no injected clock: windows from server time
+    charges = [Charge("api_calls", "42", "month", 1, 5, history_ttl=HISTORY)]
+    try:
+        keys, args = store.consume_call("42", charges)
+    finally:
+        await store.close()
+    args[-3:] = [str(time.time() + 60), "decision-1", "60000"]  # deadline, id, marker ttl
+    client = own_redis.client()
+    sha = client.script_load(script_source("consume"))
+    client.config_resetstat()
+    reply = client.evalsha(sha, len(keys), *keys, *args)
+    seen = commands(own_redis)
+    assert reply[0] == 1
+    month, _ = window("month", time.time())
+    assert reply[2].decode().endswith(":" + month)
+    assert seen["time"] == 1
+    assert client.exists("gw:{a:42}:d:decision-1") == 1
