@@ -19,6 +19,10 @@ from jwt.algorithms import ECAlgorithm
 from gateway.settings import JwtSettings, Limits
 from tests.conftest import JWT_SECRET, GatewayFactory, Harness, mint, org_headers
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 CALL = "/api/v1/agents"  # the AgentIdP catch-all route: one API call per request
 
 

@@ -6,6 +6,9 @@ from tests.conftest import GatewayFactory
 from tests.test_lifecycle_anonymous import PASSWORD, bearer, provision
 from tests.test_lifecycle_conversion import conversion, convert
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 async def test_find_an_account_by_email_or_organisation(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway()

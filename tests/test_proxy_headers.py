@@ -13,6 +13,10 @@ from multidict import CIMultiDict
 from gateway.proxy.headers import HOP_BY_HOP
 from tests.conftest import JWT_SECRET, GatewayFactory
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 SPOOFED = CIMultiDict(
     [
         ("X-Gateway-Account", "acct_victim"),

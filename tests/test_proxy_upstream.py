@@ -14,6 +14,10 @@ from yarl import URL
 
 from tests.conftest import GatewayFactory, Harness
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 CHUNK = b"z" * 65536
 
 
