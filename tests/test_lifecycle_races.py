@@ -1,5 +1,8 @@
 """The lifecycle's races again, on a store that yields to the event loop inside every call
-as a remote store does, so racing requests really interleave between store round trips."""
+as a remote store does, so racing requests really interleave between store round trips.
+
+Memory only: the yielding store stages interleavings a real Redis produces by chance; the
+same flows run on redis-server through test_lifecycle_*.py's STORES."""
 
 from __future__ import annotations
 
