@@ -284,3 +284,21 @@ async def test_cluster_keeps_an_accounts_meters_in_one_slot(
         keys = [k.decode() for k in node.client().keys("gw:*")]
         tags = {k.split("}")[0] for k in keys}
         assert all(sum(1 for k in keys if k.startswith(t)) == 3 for t in tags)
+
+
+async def test_a_record_with_a_ttl_goes_when_it_runs_out_and_others_stay(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.put_record("session", "short", {"n": 1}, ttl_seconds=1)
+    await store.put_record("account", "kept", {"n": 2})
+    assert await store.get_record("session", "short") == {"n": 1}
+    # the memory store runs on the injected clock, Redis on its own: wait for both
+    clock.advance(2)
+    async with asyncio.timeout(10):
+        while await store.get_record("session", "short") is not None:
+            await asyncio.sleep(0.05)
+    assert await store.get_record("account", "kept") == {"n": 2}
+    # a gone record is absent for only_if_absent too; rewriting without a ttl keeps it
+    assert await store.put_record("session", "short", {"n": 3}, only_if_absent=True)
+    clock.advance(2)
+    assert await store.get_record("session", "short") == {"n": 3}

@@ -32,6 +32,8 @@ from gateway.policy.model import Policy
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+#: how long a purchase's Idempotency-Key is remembered: a retry within it buys nothing more
+PURCHASE_TTL = 30 * 86400
 _MAX_HISTORY_DAYS = 3660  # ten years: the most one history request reads
 _DEFAULT_HISTORY_DAYS = 365
 
@@ -148,7 +150,9 @@ class BillingApi:
             entry = await self._add_package(identity.account_id, package.kind, size, "purchase")
             body = {"success": True, "package": entry, "price": money(package.price)}
             if key is not None:
-                await self._store.put_record("purchase", f"{identity.account_id}:{key}", body)
+                await self._store.put_record(
+                    "purchase", f"{identity.account_id}:{key}", body, ttl_seconds=PURCHASE_TTL
+                )
         return web.json_response(body, status=201)
 
     async def _add_package(
