@@ -11,7 +11,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.accesslog import ENTRY, REQUEST_ID_HEADER, Entry
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import NotFound, PolicyRefusal, Unauthenticated
+from gateway.errors import MethodNotAllowed, NotFound, PolicyRefusal, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
@@ -56,6 +56,12 @@ class Pipeline:
         policy = self._policy.current
         path, encoded = canonical_path(request.raw_path.partition("?")[0])
         matched = policy.match(request.method, path)
+        if matched is None or (matched[0].methods is None and matched[0].answer is None):
+            # a path the gateway answers itself is never forwarded for a method it does not
+            # list (TRACE, a typo'd verb), unless a route names that method
+            allowed = policy.answered_methods(path)
+            if allowed:
+                raise MethodNotAllowed(request.method, path, allowed)
         if matched is None:
             raise NotFound(f"no route for {request.method} {path}")
         route, params = matched
