@@ -251,7 +251,7 @@ def admin_app(gateway: Gateway) -> web.Application:
         ]
     )
     app[GATEWAY] = gateway
-    ops = OpsApi(store=gateway.store, metrics=gateway.metrics)
+    ops = OpsApi(store=gateway.store, metrics=gateway.metrics, policy=gateway.policy)
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
     accounts = AdminAccountsApi(
         policy=gateway.policy,

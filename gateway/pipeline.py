@@ -56,11 +56,12 @@ class Pipeline:
         policy = self._policy.current
         path, encoded = canonical_path(request.raw_path.partition("?")[0])
         matched = policy.match(request.method, path)
-        if matched is None or (matched[0].methods is None and matched[0].answer is None):
-            # a path the gateway answers itself is never forwarded for a method it does not
-            # list (TRACE, a typo'd verb), unless a route names that method
+        if matched is None or matched[0].methods is None or matched[0].answer is not None:
+            # a path the gateway answers itself (its first `answer:` route claiming the path)
+            # takes only the methods listed for it: another (TRACE, a typo'd verb) is a 405,
+            # never forwarded, unless a route naming that method comes first
             allowed = policy.answered_methods(path)
-            if allowed:
+            if allowed and request.method not in allowed:
                 raise MethodNotAllowed(request.method, path, allowed)
         if matched is None:
             raise NotFound(f"no route for {request.method} {path}")
