@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from gateway.policy.loader import load_policy
 from tests.conftest import JWT_SECRET, POLICIES, ROOT, Upstream, mint
@@ -78,6 +79,28 @@ def answered_paths(policy: str) -> str:
     return "^(" + "|".join(re.escape(p) for p in sorted(patterns)) + ")$"
 
 
+async def unusable(gateway: Served) -> list[str]:
+    """Operations the policy leaves nothing to send to (``enum: []``: AgentIdP has no key
+    types and no packages), which no request can pass; schemathesis cannot generate them."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gateway.admin + "/openapi.yaml") as resp,
+    ):
+        doc = yaml.safe_load(await resp.text())
+
+    def empty(node: object) -> bool:
+        if isinstance(node, dict):
+            return node.get("enum") == [] or any(empty(v) for v in node.values())
+        return isinstance(node, list) and any(empty(v) for v in node)
+
+    return [
+        f"{method.upper()} {path}"
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if method != "parameters" and empty(op)
+    ]
+
+
 async def schemathesis(
     gateway: Served, url: str, paths: str, token: str, *more: str
 ) -> tuple[int, str]:
@@ -120,7 +143,8 @@ async def test_the_gateway_keeps_its_openapi_contract(
             )  # fmt: skip
     else:
         token = gateway.auth["Authorization"].removeprefix("Bearer ")
-        code, report = await schemathesis(gateway, gateway.admin, ADMIN_PATHS, token)
+        skip = [f"--exclude-name={name}" for name in await unusable(gateway)]
+        code, report = await schemathesis(gateway, gateway.admin, ADMIN_PATHS, token, *skip)
     assert "Operations:" in report, report[-3000:]  # it ran against the document
     failures = report[report.find("FAILURES") : report.find("WARNINGS")]
     assert code == 0, "\n".join(line[:300] for line in failures.splitlines()) or report[-3000:]
