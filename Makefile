@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench mutate clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: install
 
 bench: install  ## on demand: throughput and latency against a bare proxy, same run
 	$(BIN)/python -m bench.run
+
+mutate: install  ## mutation testing of one module or package: make mutate MODULE=gateway/api/stripe.py
+	$(BIN)/mutmut run "$(subst /,.,$(basename $(MODULE))).*"
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build *.egg-info
