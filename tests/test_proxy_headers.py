@@ -88,7 +88,7 @@ async def test_spoofed_identity_headers_never_reach_the_upstream(
     assert gateway_headers(seen) == {
         "x-gateway-account": account,
         "x-gateway-tier": "free",
-        "x-gateway-project": project_id,
+        "x-gateway-project": str(project_id),
         "x-gateway-key-id": key["id"],
         "x-gateway-route": "api",
     }

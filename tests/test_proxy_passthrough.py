@@ -17,7 +17,6 @@ from tests.conftest import GatewayFactory, Harness
 # every test here runs on the embedded store and on a real redis-server
 STORES = ("memory", "redis")
 
-
 GZIPPED = gzip.compress(b"quota gateway " * 4096, mtime=0)
 
 
@@ -157,6 +156,7 @@ async def test_the_upstream_gets_the_clients_headers_and_only_ours_besides(
     # no aiohttp defaults (Accept, User-Agent, Accept-Encoding, Content-Type) filled in
     assert sorted({k.lower() for k in seen}) == [
         "host",
+        "traceparent",  # the gateway's hop of the trace (gateway/trace.py)
         "x-custom",
         "x-forwarded-for",
         "x-forwarded-host",
