@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -120,7 +121,7 @@ async def schemathesis(
         *more,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        cwd=ROOT,
+        cwd=tempfile.mkdtemp(prefix="schemathesis-"),  # its .schemathesis/ cache goes there
     )  # fmt: skip
     out, _ = await process.communicate()
     return await process.wait(), out.decode(errors="replace")
