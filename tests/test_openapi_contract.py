@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from gateway.policy.loader import load_policy
-from tests.conftest import JWT_SECRET, POLICIES, ROOT, Upstream, mint
+from tests.conftest import JWT_SECRET, POLICIES, Upstream, mint
 from tests.gateway_process import Served, serve_gateway
 from tests.test_stripe import PRICES, FakeStripe, stripe
 
