@@ -128,6 +128,7 @@ async def schemathesis(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # about a minute alone; several on a machine shared with other runs
 @pytest.mark.parametrize("listener", ["proxy", "admin"])
 async def test_the_gateway_keeps_its_openapi_contract(
     served: tuple[str, Served], listener: str
