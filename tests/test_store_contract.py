@@ -343,6 +343,7 @@ async def test_void_gives_back_a_decision_whose_answer_was_lost(
     def call(guard: tuple[Any, str, int]) -> tuple[list[str], list[Any]]:
         # exactly what consume sends, with a decision id chosen here
         return store.consume_call("42", [charge], guard=guard)
+
     try:
         assert (await store.consume("42", [charge])).admitted  # 2 allowance, 1 overage
         raw = await store._script("consume", *call((0, "lost-1", 60000)))
@@ -361,3 +362,21 @@ async def test_void_gives_back_a_decision_whose_answer_was_lost(
         assert (await store.peek("42", [charge]))[0].used == 3
     finally:
         await store.close()
+
+
+async def test_a_record_with_a_ttl_goes_when_it_runs_out_and_others_stay(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.put_record("session", "short", {"n": 1}, ttl_seconds=1)
+    await store.put_record("account", "kept", {"n": 2})
+    assert await store.get_record("session", "short") == {"n": 1}
+    # the memory store runs on the injected clock, Redis on its own: wait for both
+    clock.advance(2)
+    async with asyncio.timeout(10):
+        while await store.get_record("session", "short") is not None:
+            await asyncio.sleep(0.05)
+    assert await store.get_record("account", "kept") == {"n": 2}
+    # a gone record is absent for only_if_absent too; rewriting without a ttl keeps it
+    assert await store.put_record("session", "short", {"n": 3}, only_if_absent=True)
+    clock.advance(2)
+    assert await store.get_record("session", "short") == {"n": 3}

@@ -374,10 +374,18 @@ class RedisStore:
         return None if raw is None else dict(json.loads(raw))
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
         key, text = record_key(kind, record_id), json.dumps(doc)
-        done = await self._run(lambda: self._client.set(key, text, nx=only_if_absent))
+        done = await self._run(
+            lambda: self._client.set(key, text, nx=only_if_absent, ex=ttl_seconds)
+        )
         return bool(done)
 
     async def fetch_record(
