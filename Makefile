@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench profile clean
+.PHONY: install demo test lint bench bench-redis profile mutate clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: install  ## on demand: throughput and latency against a bare proxy, same 
 
 profile: install  ## a py-spy flame graph (profile.svg) of one gateway worker on Redis under load
 	$(BIN)/python -m bench.profile
+bench-redis: install  ## on demand: consume.lua decisions/s beside INCR and a minimal EVALSHA
+	$(BIN)/python -m bench.redis_decisions
+mutate: install  ## mutation testing of one module or package: make mutate MODULE=gateway/api/stripe.py
+	$(BIN)/mutmut run "$(subst /,.,$(basename $(MODULE))).*"
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

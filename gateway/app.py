@@ -333,7 +333,12 @@ def admin_app(gateway: Gateway) -> web.Application:
     )
     app[GATEWAY] = gateway
     app[BODY_DEADLINES] = body_deadlines(gateway.settings)
-    ops = OpsApi(store=gateway.store, metrics=gateway.metrics, workers=gateway.settings.workers)
+    ops = OpsApi(
+        store=gateway.store,
+        metrics=gateway.metrics,
+        policy=gateway.policy,
+        workers=gateway.settings.workers,
+    )
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
     accounts = AdminAccountsApi(
         policy=gateway.policy,

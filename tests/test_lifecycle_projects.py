@@ -152,7 +152,8 @@ async def test_user_api_keys_are_held_to_the_tier(make_gateway: GatewayFactory) 
     assert (await resp.json())["meter"] == "user_api_keys"
     # a user key is revoked at its own path, which frees a user-key unit
     resp = await gw.client.delete(f"/api/api-keys/{made[0]['id']}", headers=headers)
-    assert resp.status == 400
+    assert resp.status == 409  # the key exists, but is of the other kind
+    assert f"/api/user-api-keys/{made[0]['id']}" in (await resp.json())["message"]
     resp = await gw.client.delete(f"/api/user-api-keys/{made[0]['id']}", headers=headers)
     assert resp.status == 200
     assert (await gw.client.post("/api/user-api-keys", headers=headers)).status == 201

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -338,10 +339,14 @@ async def test_void_gives_back_a_decision_whose_answer_was_lost(
     store = RedisStore(redis_url, clock=clock, timeout_ms=2000)
     charge = Charge("api_calls", "42", "month", 3, 2, package=0, overage=True, history_ttl=-1)
     base = "gw:{a:42}:m:api_calls:42"
-    args = [repr(clock.now()), 1000, "month", 3, 2, 2764800, 0, 1, -1]
+
+    def call(guard: tuple[Any, str, int]) -> tuple[list[str], list[Any]]:
+        # exactly what consume sends, with a decision id chosen here
+        return store.consume_call("42", [charge], guard=guard)
+
     try:
         assert (await store.consume("42", [charge])).admitted  # 2 allowance, 1 overage
-        raw = await store._script("consume", [base], [*args, 0, "lost-1", 60000])
+        raw = await store._script("consume", *call((0, "lost-1", 60000)))
         assert int(raw[0]) == 1  # it ran: 6 used, 4 of them overage
         await store._void("42", "lost-1", [charge])
         state = (await store.peek("42", [charge]))[0]
@@ -349,11 +354,29 @@ async def test_void_gives_back_a_decision_whose_answer_was_lost(
         day = f"{base}:h:{window('day', clock.now())[0]}"
         assert await store.read("42", [day]) == [3]
         # a copy of the voided decision, arriving late, is refused and changes nothing
-        raw = await store._script("consume", [base], [*args, 0, "lost-1", 60000])
+        raw = await store._script("consume", *call((0, "lost-1", 60000)))
         assert int(raw[0]) == -1
         # and so is one past its deadline in Redis time
-        raw = await store._script("consume", [base], [*args, time.time() - 1, "late-2", 60000])
+        raw = await store._script("consume", *call((time.time() - 1, "late-2", 60000)))
         assert int(raw[0]) == -1
         assert (await store.peek("42", [charge]))[0].used == 3
     finally:
         await store.close()
+
+
+async def test_a_record_with_a_ttl_goes_when_it_runs_out_and_others_stay(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.put_record("session", "short", {"n": 1}, ttl_seconds=1)
+    await store.put_record("account", "kept", {"n": 2})
+    assert await store.get_record("session", "short") == {"n": 1}
+    # the memory store runs on the injected clock, Redis on its own: wait for both
+    clock.advance(2)
+    async with asyncio.timeout(10):
+        while await store.get_record("session", "short") is not None:
+            await asyncio.sleep(0.05)
+    assert await store.get_record("account", "kept") == {"n": 2}
+    # a gone record is absent for only_if_absent too; rewriting without a ttl keeps it
+    assert await store.put_record("session", "short", {"n": 3}, only_if_absent=True)
+    clock.advance(2)
+    assert await store.get_record("session", "short") == {"n": 3}

@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway.api.body import field, read_json
 from gateway.api.holdings import hold
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import Conflict, QuotaExceeded, Unauthenticated, ValidationError
+from gateway.errors import Conflict, Forbidden, QuotaExceeded, Unauthenticated, ValidationError
 from gateway.identity.passwords import hash_password, verify_password
 from gateway.identity.registry import Account, Registry
 from gateway.identity.sessions import Session, Sessions
@@ -232,6 +232,7 @@ class AccountsApi:
     async def logout(self, ctx: LocalContext) -> web.Response:
         identity = ctx.require_identity()
         if identity.kind != "session" or identity.key_id is None:
-            raise ValidationError("log out with the session token in Authorization")
+            # authenticated, but a key has no session to end
+            raise Forbidden("log out with the session token in Authorization, not a key")
         await self._sessions.revoke(identity.key_id)
         return web.json_response({"success": True})

@@ -152,7 +152,8 @@ class ProjectsApi:
             raise NotFound(f"no live key {key_id!r}")
         if key.kind != kind:
             other = "/api/user-api-keys" if key.kind == "user" else "/api/api-keys"
-            raise ValidationError(
+            # the key exists, but this endpoint revokes the other kind
+            raise Conflict(
                 f"{key_id} is a {key.kind} key: revoke it at {other}/{key_id}",
                 details={"key_id": key_id, "kind": key.kind},
             )

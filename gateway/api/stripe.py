@@ -31,6 +31,8 @@ log = logging.getLogger("gateway.stripe")
 
 MAX_EVENT_BYTES = 256 * 1024
 COMPLETED = "checkout.session.completed"
+#: how long an applied event's id is remembered: Stripe retries a delivery for three days
+EVENT_TTL = 30 * 86400
 
 
 class PaymentsUnavailable(GatewayError):
@@ -163,7 +165,9 @@ class StripeWebhook:
         if event.get("type") != COMPLETED:
             return _received(event_id, applied=False, reason=f"ignored {event.get('type')!r}")
         claim = {"type": COMPLETED, "at": self._clock.now()}
-        if not await self._store.put_record("stripe_event", event_id, claim, only_if_absent=True):
+        if not await self._store.put_record(
+            "stripe_event", event_id, claim, only_if_absent=True, ttl_seconds=EVENT_TTL
+        ):
             return _received(event_id, applied=False, reason="duplicate event")
         try:
             return await self._apply(ctx, event_id, event)

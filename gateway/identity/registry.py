@@ -57,7 +57,8 @@ class Project:
     active: bool = True
 
     def public(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # a project id is an integer on both APIs (the seed's `"project": {"id": 1}`)
+        return {**dataclasses.asdict(self), "id": int(self.id)}
 
 
 @dataclass(frozen=True, slots=True)

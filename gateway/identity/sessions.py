@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,11 @@ class Session:
         return out
 
 
+def _remaining(session: Session, now: float) -> int:
+    """Whole seconds (at least one) until the session expires: its records' ttl in the store."""
+    return max(1, math.ceil(session.expires_at - now))
+
+
 def _load(doc: dict[str, Any] | None) -> Session | None:
     if doc is None:
         return None
@@ -59,8 +65,14 @@ class Sessions:
             created_at=now,
             expires_at=now + self._ttl,
         )
-        await self._store.put_record("session", session.digest, dataclasses.asdict(session))
-        await self._store.put_record("session_id", session.id, {"digest": session.digest})
+        # both records go when the session expires: nothing is kept for a dead session
+        ttl = _remaining(session, now)
+        await self._store.put_record(
+            "session", session.digest, dataclasses.asdict(session), ttl_seconds=ttl
+        )
+        await self._store.put_record(
+            "session_id", session.id, {"digest": session.digest}, ttl_seconds=ttl
+        )
         await self._store.add_member("sessions", account_id, session.id)
         return session, token
 

@@ -269,10 +269,18 @@ class GuardedStore:
         return await self._call(lambda: self.inner.get_record(kind, record_id))
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
         return await self._call(
-            lambda: self.inner.put_record(kind, record_id, doc, only_if_absent=only_if_absent)
+            lambda: self.inner.put_record(
+                kind, record_id, doc, only_if_absent=only_if_absent, ttl_seconds=ttl_seconds
+            )
         )
 
     async def fetch_record(

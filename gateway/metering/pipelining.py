@@ -39,6 +39,9 @@ class AtSend:
     def __init__(self, make: Callable[[], Any]) -> None:
         self.make = make
 
+    def __str__(self) -> str:  # what it would be if sent now (bench/redis_decisions.py)
+        return str(self.make())
+
 
 def resolve(args: Sequence[Any]) -> list[Any]:
     """``args`` with every AtSend computed now."""

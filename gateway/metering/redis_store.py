@@ -46,21 +46,23 @@ from yarl import URL
 
 from gateway.aio import LoopLag, exchange_budget
 from gateway.errors import StoreUnavailable
-from gateway.metering.clock import Clock
+from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.keys import decision_key, meter_key, record_key, sequence_key, set_key
 from gateway.metering.late import MARKER_TTL_MS, LateDecisions
 from gateway.metering.pipelining import AtSend, Pipeliner, resolve
 from gateway.metering.store import Charge, Decision, MeterState
-from gateway.metering.windows import SOURCE_TTL, window_ttl
+from gateway.metering.windows import SOURCE_TTL, window_span, window_ttl
 
 T = TypeVar("T")
 
 _SCRIPTS = ("consume", "peek", "set_usage", "release", "read", "swap", "void")
+_SYSTEM = SystemClock()
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
 _CLOSE_SETTLE_SECONDS = 5.0  # how long closing waits for voids still owed (late.py)
 
 
-def _script_source(name: str) -> str:
+def script_source(name: str) -> str:
+    """The text Redis runs for script ``name``: the shared windows prelude, then its body."""
     lua = resources.files("gateway.metering").joinpath("lua")
     prelude = lua.joinpath("windows.lua").read_text(encoding="utf-8")
     body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
@@ -166,8 +168,9 @@ class RedisStore:
     def __init__(self, url: str, *, clock: Clock | None = None, timeout_ms: int = 250) -> None:
         self._client, self._listener, self._others = connect(url, timeout_ms=timeout_ms)
         self._clock = clock
+        self._guessed: tuple[float, float, list[str]] | None = None  # (start, end, args)
         self._budget = timeout_ms / 1000
-        self._sources = {name: _script_source(name) for name in _SCRIPTS}
+        self._sources = {name: script_source(name) for name in _SCRIPTS}
         self._shas: dict[str, str] = {}
         # a Cluster client learns the slot map on first use; concurrent first commands would
         # each start that discovery and close one another's connections, so it runs once
@@ -275,6 +278,23 @@ class RedisStore:
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock.now())
 
+    def _guesses(self) -> list[str]:
+        """This process's guess of the month and day windows, for the consume script.
+
+        Computing a window in Lua costs a decision as much as a write; the script takes a
+        guess instead when its own ``now`` (Redis server time) falls inside it, so windows
+        still come from the server's clock and a skewed gateway changes nothing.
+        """
+        now = (self._clock or _SYSTEM).now()
+        cached = self._guessed
+        if cached is None or not cached[0] <= now < cached[1]:
+            month, month_start, month_reset = window_span("month", now)
+            day, day_start, day_reset = window_span("day", now)
+            args = [f":{month}", f"{month_start:.0f}", f"{month_reset:.0f}"]
+            args += [f":{day}", f"{day_start:.0f}", f"{day_reset:.0f}"]
+            cached = self._guessed = (day_start, day_reset, args)
+        return cached[2]
+
     @staticmethod
     def _base(account_id: str, charge: Charge) -> str:
         return meter_key(account_id, charge.meter, charge.scope_id, None)
@@ -306,10 +326,14 @@ class RedisStore:
 
     # -- metering ---------------------------------------------------------------------------
 
-    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
-        if not charges:
-            return Decision(True, ())
-        args: list[Any] = [self._now(), SOURCE_TTL]
+    def consume_call(
+        self,
+        account_id: str,
+        charges: Sequence[Charge],
+        guard: tuple[Any, Any, Any] = (0, "", 0),
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments ``consume`` hands the consume script."""
+        args: list[Any] = [self._now(), SOURCE_TTL, *self._guesses()]
         for charge in charges:
             limit = -1 if charge.limit is None else charge.limit
             args += [
@@ -321,14 +345,23 @@ class RedisStore:
                 1 if charge.overage else 0,
                 charge.history_ttl,
             ]
+        # the late-decision guard (consume.lua's top): deadline, decision id, marker ttl;
+        # unguarded by default (the Redis benchmark replays one call many times)
+        args += list(guard)
+        return [self._base(account_id, charge) for charge in charges], args
+
+    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        if not charges:
+            return Decision(True, ())
         if self._late.sample_due():
             self._spawn(self._sample_time())
         decision_id, _ = self._late.ticket()
         # consume.lua's guard: a late decision applies nothing (late.py says why it is exact);
         # the deadline is taken when the decision is written, as the budget starts then
         deadline = AtSend(lambda: repr(self._late.deadline()))
-        args += [deadline, decision_id, MARKER_TTL_MS]
-        keys = [self._base(account_id, charge) for charge in charges]
+        keys, args = self.consume_call(
+            account_id, charges, guard=(deadline, decision_id, MARKER_TTL_MS)
+        )
         try:
             raw = await self._script("consume", keys, args)
         except BaseException:
@@ -404,10 +437,17 @@ class RedisStore:
         return None if raw is None else dict(json.loads(raw))
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
         key, text = record_key(kind, record_id), json.dumps(doc)
-        done = await self._command("SET", key, text, *(["NX"] if only_if_absent else []))
+        expiry = [] if ttl_seconds is None else ["EX", ttl_seconds]
+        done = await self._command("SET", key, text, *(["NX"] if only_if_absent else []), *expiry)
         return bool(done)
 
     async def fetch_record(

@@ -128,9 +128,18 @@ class Store(Protocol):
         ...
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
-        """Store a JSON document; with ``only_if_absent`` atomically refuse (False) to overwrite."""
+        """Store a JSON document; with ``only_if_absent`` atomically refuse (False) to overwrite.
+
+        With ``ttl_seconds`` the document is gone that long after this write (sessions,
+        idempotency records); without, it is kept until deleted (accounts, projects, keys)."""
         ...
 
     async def fetch_record(

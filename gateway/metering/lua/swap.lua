@@ -8,6 +8,7 @@ end
 if ARGV[2] == "" then
   redis.call("DEL", KEYS[1])
 else
-  redis.call("SET", KEYS[1], ARGV[2])
+  -- a record written with an expiry (a session) keeps it through every change
+  redis.call("SET", KEYS[1], ARGV[2], "KEEPTTL")
 end
 return 1
