@@ -384,8 +384,10 @@ class RedisStore:
     async def _sample_time(self) -> None:
         self._late.sampling()
         # a failed sample only keeps the previous offset (or none: then voids alone protect)
+        # not pipelined: the answer must be read the moment it arrives, since the time it
+        # is observed at bounds the offset (a batch's reply would be handed over later)
         with contextlib.suppress(StoreUnavailable, TypeError, ValueError):
-            seconds, micros = await self._command("TIME")
+            seconds, micros = await self._run(lambda: self._client.time())
             self._late.observe(int(seconds) + int(micros) / 1_000_000)
 
     async def _void(self, account_id: str, decision_id: str, charges: Sequence[Charge]) -> None:
