@@ -3,8 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench bench-redis clean
-.PHONY: install demo test lint bench mutate clean
+.PHONY: install demo test lint bench bench-redis mutate clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
