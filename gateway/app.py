@@ -42,7 +42,7 @@ from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.policy.reload import Reloader, read_policy
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 
 
 @dataclass
@@ -166,6 +166,13 @@ def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHan
     ):
         handlers.update(api.handlers())
     return handlers
+
+
+def handler_names(policy_file: str) -> frozenset[str]:
+    """The names a route may ``answer:`` with, as `serve` builds them (for `policy check`)."""
+    settings = load_settings(None, policy=policy_file, store="memory")
+    gateway = build_gateway(settings, store=MemoryStore(SystemClock()))
+    return frozenset(local_handlers(gateway, StripeClient(settings.stripe)))
 
 
 def billing_api(gateway: Gateway) -> BillingApi:

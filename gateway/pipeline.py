@@ -110,7 +110,7 @@ class Pipeline:
         if route.answer is not None:
             return await self._answer(request, policy, route, params, identity, decision, costs)
 
-        inject = _identity_headers(identity, route) if identity is not None else {}
+        inject = _identity_headers(policy, identity, route) if identity is not None else {}
         inject[REQUEST_ID_HEADER] = entry.request_id
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
         # verify it too, and so is whatever an unauthenticated route's callers authorise with
@@ -270,12 +270,16 @@ def _carries_gateway_key(policy: Policy, headers: CIMultiDictProxy[str]) -> bool
     return policy.key_type(authorization.strip().partition(" ")[2].strip()) is not None
 
 
-def _identity_headers(identity: Identity, route: Route) -> dict[str, str]:
+def _identity_headers(policy: Policy, identity: Identity, route: Route) -> dict[str, str]:
     out = {
         identity_headers.ACCOUNT: identity.account_id,
         identity_headers.TIER: identity.tier,
         identity_headers.ROUTE: route.name,
     }
+    upstream = policy.upstream_features(policy.tier(identity.tier))
+    if upstream:
+        # only the gateway sets it: a client's X-Gateway-* headers are stripped first
+        out[identity_headers.FEATURES] = upstream
     if identity.project_id is not None:
         out[identity_headers.PROJECT] = identity.project_id
     if identity.key_id is not None:

@@ -33,6 +33,8 @@ class Meter:
     label: str  # for sentences: "Logic Engine calls per month"
     unit: str  # "calls", "bytes", ...
     display_unit: str | None = None  # bytes only: "MB", "GB"
+    # counted from the upstream's X-Gateway-Usage reports, so no route needs to consume it
+    reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class Feature:
     title: str
     shown_enabled: str = "✅ Enabled"  # table cells of `gateway policy show`
     shown_disabled: str = "❌ Disabled"
+    # "upstream": the gateway cannot enforce it; it tells the upstream (X-Gateway-Features)
+    enforced: Literal["gateway", "upstream"] = "gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,16 @@ class Route:
     # the storage limit is refused before it is forwarded (the upstream's report settles it)
     body_meter: str | None = None
     shadow: bool = False
+    # a sensitive module (payments, scheduler, ...) a project key's service caps can limit
+    module: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCaps:
+    """Per-key caps on sensitive modules, for tiers granting ``feature`` (seed 001)."""
+
+    feature: str
+    modules: Mapping[str, str]  # module name -> title
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,7 @@ class Policy:
     table: tuple[str, ...]  # row order of `gateway policy show`: meters, features, attributes
     billing: Billing | None = None  # overage prices, packages, retention (policy/billing.py)
     shadow: bool = False  # the whole policy in shadow mode
+    service_caps: ServiceCaps | None = None
 
     def shadowed(self, tier: Tier, route: Route) -> bool:
         """Whether a refusal of ``route`` for ``tier`` is only watched, not enforced."""
@@ -132,6 +147,10 @@ class Policy:
             if found is not None:
                 return route, found.groupdict()
         return None
+
+    def upstream_features(self, tier: Tier) -> str:
+        """The tier's features the upstream enforces (``enforced: upstream``), as a header."""
+        return ",".join(sorted(f for f in tier.features if self.features[f].enforced == "upstream"))
 
     def tier(self, name: str | None) -> Tier:
         """The named tier; an unknown or missing name falls back to the default tier."""
