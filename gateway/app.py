@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from gateway.identity.locks import Locks
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
 from gateway.identity.sessions import Sessions
+from gateway.identity.tier_moves import APPROVAL, MOVED, TierChangesRefused, tier_moves
 from gateway.identity.tokens import JwtVerifier, load_public_keys
 from gateway.identity.users import Users
 from gateway.metering.clock import Clock, SystemClock
@@ -62,6 +64,7 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+log = logging.getLogger("gateway")
 
 
 def open_store(url: str, clock: Clock, *, timeout_ms: int = 250) -> Store:
@@ -111,6 +114,7 @@ def build_gateway(
         max_entries=settings.identity_cache_entries, ttl=settings.identity_cache_ttl_seconds
     )
     accounts = Registry(store, clock, cache)
+    reloader.set_guard(tier_guard(settings, accounts, store, metrics))
     sessions = Sessions(store, clock, ttl_seconds=settings.accounts.session_ttl_seconds)
     return Gateway(
         settings=settings,
@@ -126,6 +130,32 @@ def build_gateway(
         users=Users(store, clock),
         reloader=reloader,
     )
+
+
+def tier_guard(
+    settings: Settings, registry: Registry, store: Store, metrics: Metrics
+) -> Callable[[Policy, Policy, bool], Awaitable[None]]:
+    """Refuse a reload that would serve accounts on another tier, unless allowed; when
+    allowed, say in the log and a metric how many moved and to what."""
+
+    async def guard(active: Policy, candidate: Policy, allowed: bool) -> None:
+        moves = await tier_moves(registry, active, candidate)
+        if not moves:
+            return
+        if allowed:
+            # the other workers reload this digest on the admin API's notice: let them too
+            await store.put_record(APPROVAL, candidate.digest, {"allowed": True})
+        elif not settings.policy_allow_tier_changes and (
+            await store.get_record(APPROVAL, candidate.digest) is None
+        ):
+            raise TierChangesRefused(moves)
+        # every worker reloads the file; the first to install it counts the move, once
+        if await store.put_record(MOVED, candidate.digest, moves.details(), only_if_absent=True):
+            for (old, new), count in moves.moved.items():
+                metrics.policy_tier_moves.labels(old, new).inc(count)
+        log.warning("policy reload moves accounts: %s", moves.describe())
+
+    return guard
 
 
 def _same_tenant_claim(claim: str) -> Callable[[Policy], None]:

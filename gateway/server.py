@@ -122,7 +122,7 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reloader.try_reload, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, gateway.reloader.reload_soon, "SIGHUP")
     try:
         for app, address, reuse in apps:
             runner = GatewayRunner(app, shutdown_timeout=grace, **options)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.body import field, read_json
-from gateway.errors import PolicyInvalid, ValidationError
+from gateway.errors import Conflict, PolicyInvalid, ValidationError
 from gateway.explain import explain, parse_request
 from gateway.identity.resolve import Authenticator
+from gateway.identity.tier_moves import TierChangesRefused
 from gateway.metering.clock import Clock
 from gateway.metering.store import Store
 from gateway.metering.windows import iso
@@ -53,8 +54,19 @@ class AdminPolicyApi:
         return web.json_response({**self._summary(), "content": self._reloader.text})
 
     async def reload(self, request: web.Request) -> web.Response:
+        allow = request.query.get("allow_tier_changes", "false")
+        if allow not in ("true", "false"):
+            raise ValidationError(
+                "allow_tier_changes is true or false", details={"field": "allow_tier_changes"}
+            )
         try:
-            self._reloader.reload("POST /admin/policy/reload")
+            await self._reloader.reload(
+                "POST /admin/policy/reload", allow_tier_changes=allow == "true"
+            )
+        except TierChangesRefused as exc:
+            raise Conflict(
+                f"the policy was not reloaded: {exc}", details=exc.moves.details()
+            ) from exc
         except ConfigError as exc:
             raise PolicyInvalid(
                 f"the policy was not reloaded: {exc}",

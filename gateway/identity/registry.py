@@ -73,6 +73,10 @@ class ApiKey:
         return out
 
 
+#: the store set, per tier name, of the accounts on it
+TIER_INDEX = "tier_accounts"
+
+
 def org_account_id(organization_id: str) -> str:
     """An organisation's account id is derived, so metering needs no lookup to find it."""
     return f"org:{organization_id}"
@@ -125,6 +129,7 @@ class Registry:
         doc = dataclasses.asdict(account)
         if not await self._store.put_record("account", account_id, doc, only_if_absent=True):
             raise Conflict(f"account {account_id!r} already exists")
+        await self._store.add_member(TIER_INDEX, tier, account_id)
         # a process may have cached this id as absent (a JWT tenant seen before signing up)
         await self._changed("account", account_id)
         return account
@@ -154,8 +159,23 @@ class Registry:
         account = await self.require_account(account_id)
         updated = dataclasses.replace(account, **changes)
         await self._store.put_record("account", account_id, dataclasses.asdict(updated))
+        if updated.tier != account.tier:
+            await self._store.add_member(TIER_INDEX, updated.tier, account_id)
+            await self._store.remove_member(TIER_INDEX, account.tier, account_id)
         await self._changed("account", account_id)
         return updated
+
+    async def accounts_on_tier(self, tier: str) -> list[str]:
+        """The ids of the accounts whose record names ``tier`` (for reload guards).
+
+        The index may briefly hold an account under two tiers while its tier changes;
+        each record is read, so an account is counted on the tier it has."""
+        found = []
+        for account_id in await self._store.members(TIER_INDEX, tier):
+            doc = await self._store.get_record("account", account_id)
+            if doc is not None and doc.get("tier") == tier:
+                found.append(account_id)
+        return found
 
     async def create_project(self, account_id: str, name: str) -> Project:
         project = Project(

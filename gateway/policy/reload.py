@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.errors import StoreUnavailable
@@ -24,6 +24,8 @@ log = logging.getLogger("gateway")
 RELOAD_CHANNEL = "gateway:policy-reload"
 
 Check = Callable[[Policy], None]
+#: (active, candidate, allowed by the operator) -> None, or raise ValueError to keep the active
+Guard = Callable[[Policy, Policy, bool], Awaitable[None]]
 
 
 class Reloader:
@@ -38,21 +40,30 @@ class Reloader:
         self._metrics = metrics
         self._clock = clock
         self._checks: list[Check] = []
+        self._guard: Guard | None = None
         self._seen = _signature(path)
+        self._pending: set[asyncio.Task[None]] = set()
 
     def add_check(self, check: Check) -> None:
         """Another test a new policy must pass (raising ValueError) before it is installed."""
         self._checks.append(check)
 
-    def reload(self, why: str) -> Policy:
+    def set_guard(self, guard: Guard) -> None:
+        """What a new policy must pass against the active one, with the store at hand (the
+        tier guard: gateway/identity/tier_moves.py)."""
+        self._guard = guard
+
+    async def reload(self, why: str, *, allow_tier_changes: bool = False) -> Policy:
         """Install the file's policy and return it; raise ConfigError or ValueError, keeping
-        the active policy, when the file is broken."""
+        the active policy, when the file is broken or the guard refuses it."""
         self._seen = _signature(self.path)
         current = self._holder.current
         try:
             policy, text = read_policy(self.path)
             for check in self._checks:
                 check(policy)
+            if self._guard is not None and policy.digest != current.digest:
+                await self._guard(current, policy, allow_tier_changes)
         except (ConfigError, ValueError) as exc:
             self._metrics.policy_reloads.labels("failure").inc()
             log.error(
@@ -78,11 +89,18 @@ class Reloader:
         self._metrics.policy_active(policy.name, policy.digest, now)
         return policy
 
-    def try_reload(self, why: str) -> None:
-        """Reload where nobody waits for the answer (signal, watcher): the log says how it went."""
+    async def try_reload(self, why: str) -> None:
+        """Reload where nobody waits for the answer (watcher, pub/sub): the log says how it
+        went."""
         # reload() has logged and counted a failure; the last good policy stays active
         with contextlib.suppress(ConfigError, ValueError):
-            self.reload(why)
+            await self.reload(why)
+
+    def reload_soon(self, why: str) -> None:
+        """Reload from a signal handler, which cannot wait: in a task of the running loop."""
+        task = asyncio.get_running_loop().create_task(self.try_reload(why))
+        self._pending.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._pending.discard)
 
     async def watch(self, interval: float) -> None:
         """Reload whenever the file's modification time, size or inode change, until cancelled.
@@ -91,7 +109,7 @@ class Reloader:
         while True:
             await asyncio.sleep(interval)
             if _signature(self.path) != self._seen:
-                self.try_reload("file changed")
+                await self.try_reload("file changed")
 
     async def follow(self, store: Store, *, max_backoff: float = 5.0) -> None:
         """Reload when any process asks through the store, until cancelled; never raises."""
@@ -104,13 +122,13 @@ class Reloader:
                         # "" confirms the subscription; the worker that was asked has the new
                         # policy already, and so may this one, by its watch
                         if digest and digest != self._holder.current.digest:
-                            self.try_reload("requested through the admin API")
+                            await self.try_reload("requested through the admin API")
             except StoreUnavailable as exc:
                 log.warning("policy reload notifications lost (%s); retrying", exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
             # a request may have been published while we were not listening
-            self.try_reload("reconnected to the store")
+            await self.try_reload("reconnected to the store")
 
 
 def read_policy(path: str) -> tuple[Policy, str]:
