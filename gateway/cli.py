@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     why.add_argument("--policy", metavar="FILE", help="explain offline against this policy")
     why.add_argument("--tier", metavar="TIER", help="offline: the caller's tier")
+    why.add_argument(
+        "--body-bytes",
+        metavar="N",
+        type=int,
+        help="the request's Content-Length (charged to a route's body_meter, as serve does)",
+    )
 
     demo = commands.add_parser("demo-upstream", help="run the bundled demo upstream alone")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8000")
@@ -190,6 +196,8 @@ async def _print_demo_key(gateway: Gateway) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     method, path = parse_request(f"{args.method} {args.path}")
+    if args.body_bytes is not None and args.body_bytes < 0:
+        raise ValueError("--body-bytes is a number of bytes")
     if args.policy is not None:
         policy = load_policy(args.policy)
         if args.tier is not None and args.tier not in policy.tiers:
@@ -199,7 +207,16 @@ def _explain(args: argparse.Namespace) -> int:
         )
         clock = SystemClock()
         report = asyncio.run(
-            explain(policy, MemoryStore(clock), clock, method, path, identity=identity)
+            explain(
+                policy,
+                MemoryStore(clock),
+                clock,
+                method,
+                path,
+                identity=identity,
+                content_length=args.body_bytes,
+                handlers=handler_names(args.policy),
+            )
         )
     else:
         report = asyncio.run(_ask_admin(args, method, path))
@@ -211,7 +228,9 @@ async def _ask_admin(args: argparse.Namespace, method: str, path: str) -> Any:
     token = os.environ.get("GATEWAY_ADMIN_TOKEN")
     if not token:
         raise ValueError("set GATEWAY_ADMIN_TOKEN to ask a running gateway")
-    body: dict[str, str] = {"request": f"{method} {path}"}
+    body: dict[str, Any] = {"request": f"{method} {path}"}
+    if args.body_bytes is not None:
+        body["content_length"] = args.body_bytes
     credential = os.environ.get(args.credential_env)
     if credential:
         body["credential"] = credential

@@ -1,11 +1,14 @@
 """Why a request would be admitted or refused: the pipeline's decision, read-only.
 
 It follows the request path's own steps (match, identify, gate, meter) with ``Store.peek``
-in place of ``consume``, so it agrees with the real decision and consumes nothing.
+in place of ``consume``, on the same inputs (the credential's account, packages and overage,
+the declared body size, the gateway's handlers), so it agrees with the real decision and
+consumes nothing. tests/test_explain_serve.py holds the two to the same answers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from gateway.errors import GatewayError, NotFound, PolicyRefusal, Unauthenticated
@@ -37,13 +40,18 @@ async def explain(
     credential: str | None = None,
     authenticator: Authenticator | None = None,
     identity: Identity | None = None,
+    content_length: int | None = None,
+    handlers: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The decision the gateway would take now for ``method path`` with this caller.
 
     The caller is a ``credential`` resolved by ``authenticator``, or an ``identity`` given
-    outright (offline explain, where no accounts exist)."""
+    outright (offline explain, where no accounts exist). ``content_length`` is the body the
+    request declares (charged to a route's body meter); ``handlers`` are the names of the
+    gateway's own handlers (a route naming another is refused as serve refuses it)."""
     out: dict[str, Any] = {
         "request": f"{method} {path}",
+        "content_length": content_length,
         "policy": {"name": policy.name, "digest": policy.digest},
         "route": None,
         "identity": None,
@@ -58,6 +66,7 @@ async def explain(
         route, params = matched
         out["route"] = {"name": route.name, "pattern": route.pattern, "auth": route.auth}
         if not route.auth:
+            _check_handler(route.name, route.answer, handlers)
             return {**out, "decision": _admitted(route.answer)}
         if identity is None:
             if credential is None or authenticator is None:
@@ -79,7 +88,8 @@ async def explain(
         except PolicyRefusal as gate:
             refusals.append(gate)
         project_id = decide.project_scope(route, identity, params)
-        charges = decide.charges(policy, tier, identity.account_id, project_id, route.consume)
+        costs = decide.request_costs(route, content_length)
+        charges = decide.charges(policy, tier, identity.account_id, project_id, costs, identity)
         states = await store.peek(identity.account_id, charges) if charges else ()
         now = clock.now()
         over = None
@@ -102,6 +112,9 @@ async def explain(
             )
         if over is not None and (shadow or not refusals):
             refusals.append(over)
+        if not refusals or shadow:
+            # serve looks the handler up only once the request is admitted
+            _check_handler(route.name, route.answer, handlers)
         if not refusals:
             return {**out, "decision": _admitted(route.answer)}
         if shadow:
@@ -111,6 +124,11 @@ async def explain(
         return {**out, "decision": _refused(refusals[0])}
     except GatewayError as exc:
         return {**out, "decision": _refused(exc)}
+
+
+def _check_handler(route: str, answer: str | None, handlers: Collection[str] | None) -> None:
+    if answer is not None and handlers is not None and answer not in handlers:
+        raise NotFound(f"route {route} names no handler this gateway has")
 
 
 def _admitted(answer: str | None) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from aiohttp import web
 
 from gateway.api.body import field, read_json
@@ -26,7 +28,9 @@ class AdminPolicyApi:
         authenticator: Authenticator,
         store: Store,
         clock: Clock,
+        handlers: Collection[str] = (),
     ) -> None:
+        self._handlers = frozenset(handlers)
         self._policy = policy
         self._reloader = reloader
         self._auth = authenticator
@@ -85,6 +89,11 @@ class AdminPolicyApi:
         except ValueError as exc:
             raise ValidationError(str(exc), details={"field": "request"}) from exc
         credential = field(body, "credential", str, required=False, max_len=8192)
+        content_length = field(body, "content_length", int, required=False)
+        if content_length is not None and content_length < 0:
+            raise ValidationError(
+                "content_length is a number of bytes", details={"field": "content_length"}
+            )
         report = await explain(
             self._policy.current,
             self._store,
@@ -93,5 +102,7 @@ class AdminPolicyApi:
             path,
             credential=credential,
             authenticator=self._auth,
+            content_length=content_length,
+            handlers=self._handlers,
         )
         return web.json_response(report)
