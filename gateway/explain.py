@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.errors import GatewayError, NotFound, PolicyRefusal, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity
-from gateway.metering import decide
+from gateway.metering import caps, decide
 from gateway.metering.clock import Clock
 from gateway.metering.store import Store
 from gateway.metering.windows import iso
@@ -82,14 +82,16 @@ async def explain(
         }
         out["tier"] = tier.name
         shadow = policy.shadowed(tier, route)
-        refusals: list[PolicyRefusal] = []
+        refusals: list[GatewayError] = []
         try:
             decide.check_gates(policy, tier, route)
+            caps.check(policy, route, identity)
         except PolicyRefusal as gate:
             refusals.append(gate)
         project_id = decide.project_scope(route, identity, params)
         costs = decide.request_costs(route, content_length)
         charges = decide.charges(policy, tier, identity.account_id, project_id, costs, identity)
+        charges += caps.charges(route, identity)
         states = await store.peek(identity.account_id, charges) if charges else ()
         now = clock.now()
         over = None
@@ -97,7 +99,11 @@ async def explain(
             fits = state.limit is None or state.used + charge.cost <= state.limit
             if not fits and over is None:
                 # the store refuses at the first charge over its limit, and so does this
-                over = decide.quota_refusal(policy, tier, route, charge, state, now)
+                over = (
+                    caps.refusal(policy, charge, state, now)
+                    if caps.is_cap(charge.meter)
+                    else decide.quota_refusal(policy, tier, route, charge, state, now)
+                )
             out["meters"].append(
                 {
                     "meter": charge.meter,

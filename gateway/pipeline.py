@@ -13,7 +13,7 @@ from gateway.accesslog import ENTRY, REQUEST_ID_HEADER, Entry
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import NotFound, PolicyRefusal, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity, credential_from
-from gateway.metering import decide
+from gateway.metering import caps, decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
 from gateway.metering.reported import USAGE_HEADER, Reported, parse_usage
@@ -77,13 +77,17 @@ class Pipeline:
             entry.project_id = decide.project_scope(route, identity, params)
             try:
                 decide.check_gates(policy, tier, route)
+                caps.check(policy, route, identity)
             except PolicyRefusal as gate:
                 self._shadow_or_raise(policy, tier, route, entry, gate)
             costs = decide.request_costs(route, request.content_length)
-            if costs:
+            # the key's service cap is one more charge in the same single decision
+            capped = caps.charges(route, identity)
+            if costs or capped:
                 charges = decide.charges(
                     policy, tier, identity.account_id, entry.project_id, costs, identity
                 )
+                charges += capped
                 started = time.perf_counter()
                 decision = await self._store.consume(
                     identity.account_id, charges, failure_mode=tier.store_failure_mode
@@ -94,18 +98,26 @@ class Pipeline:
                 else:
                     index = decision.refused
                     assert index is not None
-                    refusal = decide.quota_refusal(
-                        policy,
-                        tier,
-                        route,
-                        charges[index],
-                        decision.states[index],
-                        self._clock.now(),
+                    refusal = (
+                        caps.refusal(
+                            policy, charges[index], decision.states[index], self._clock.now()
+                        )
+                        if caps.is_cap(charges[index].meter)
+                        else decide.quota_refusal(
+                            policy,
+                            tier,
+                            route,
+                            charges[index],
+                            decision.states[index],
+                            self._clock.now(),
+                        )
                     )
                     if decision.degraded:
                         refusal.headers[DEGRADED_HEADER] = "fail-open"
                     self._shadow_or_raise(policy, tier, route, entry, refusal)
                     decision = None  # forwarded in shadow: nothing was consumed
+                # settling walks the decision's states: one (meter, cost) per charge
+                costs = (*costs, *((c.meter, c.cost) for c in capped))
 
         if route.answer is not None:
             return await self._answer(request, policy, route, params, identity, decision, costs)
@@ -216,12 +228,12 @@ class Pipeline:
         if decision is not None:
             for (name, cost), state in zip(costs, decision.states, strict=True):
                 meter = policy.meters.get(name)
-                if meter is None:
-                    continue
+                # a service cap counts calls like a counter
+                kind = meter.kind if meter is not None else "counter" if caps.is_cap(name) else None
                 # a live count rises only when the upstream created the thing (2xx);
                 # a call the upstream never received is refunded
-                if (meter.kind == "gauge" and not ok) or (
-                    meter.kind == "counter" and not answered and route.refund == "unanswered"
+                if (kind == "gauge" and not ok) or (
+                    kind == "counter" and not answered and route.refund == "unanswered"
                 ):
                     giveback.append((state.key, cost))
         if ok and (route.release or freed):

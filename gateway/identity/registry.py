@@ -65,6 +65,8 @@ class ApiKey:
     project_id: str | None = None
     label: str | None = None
     revoked_at: float | None = None
+    #: service caps by module: {"deny": true} or {"limit": N, "period": "day"|"month"}
+    caps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """What the admin API shows: never the digest, never the key."""
@@ -217,6 +219,7 @@ class Registry:
         *,
         project_id: str | None = None,
         label: str | None = None,
+        caps: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its plaintext, which is returned here once and never stored."""
         plaintext = new_key(key_type.prefix, key_type.length)
@@ -229,6 +232,7 @@ class Registry:
             created_at=self._clock.now(),
             project_id=project_id,
             label=label,
+            caps=caps or {},
         )
         doc = dataclasses.asdict(record)
         await self._store.put_record("key", record.digest, doc)
