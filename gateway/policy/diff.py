@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.policy.billing import format_money
 from gateway.policy.corpus import requests
 from gateway.policy.model import DECISIONS, KeyType, Policy, Route, Tier
 
@@ -140,9 +141,18 @@ def flatten(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], str
         for item in value:
             name = item.name if isinstance(item, Route) else item.prefix
             out.update(flatten(item, (*path, name)))
+    elif isinstance(value, int) and not isinstance(value, bool) and _money(path):
+        out[path] = format_money(value)
     elif not isinstance(value, re.Pattern):
         out[path] = _leaf(value)
     return out
+
+
+def _money(path: tuple[str, ...]) -> bool:
+    """Billing amounts are integer cents; a row shows them as money."""
+    return path[:1] == ("billing",) and (
+        "tier_prices" in path or path[-1] in ("price", "minimum_charge")
+    )
 
 
 def _leaf(value: Any) -> str:
