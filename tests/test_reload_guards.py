@@ -8,6 +8,7 @@ unless allowed; an allowed move is logged and counted once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -140,3 +141,21 @@ async def test_a_worker_told_by_pub_sub_takes_the_allowed_policy_and_counts_noth
         other.metrics.registry.get_sample_value(MOVES, {"from_tier": "pro", "to_tier": "free"})
         is None
     )
+
+
+async def test_sighup_is_guarded_too(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gw = await _setup(make_gateway, tmp_path)
+    await gw.account("pro")
+    digest = gw.gateway.policy.current.digest
+    write_policy(tmp_path / "ops.yaml", RENAMED)
+    failures = "gateway_policy_reloads_total"
+    before = gw.gateway.metrics.registry.get_sample_value(failures, {"result": "failure"})
+    # what the SIGHUP handler calls: the reload runs in a task of the loop
+    gw.gateway.reloader.reload_soon("SIGHUP")
+    for _ in range(500):
+        now = gw.gateway.metrics.registry.get_sample_value(failures, {"result": "failure"})
+        if now != before:
+            break
+        await asyncio.sleep(0.01)
+    assert now == (before or 0) + 1
+    assert gw.gateway.policy.current.digest == digest
