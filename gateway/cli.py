@@ -279,10 +279,10 @@ def _check(files: Sequence[str], *, strict: bool) -> int:
         errors += file_errors
         warnings += len(found) - file_errors
         state = "ok" if not found else ("failed" if file_errors else "warnings")
+        counts = f"; {file_errors} error(s), {len(found) - file_errors} warning(s)" if found else ""
         print(
             f"{state}: {file}: policy {policy.name!r}, {len(policy.tiers)} tiers, "
-            f"{len(policy.meters)} meters, {len(policy.routes)} routes; "
-            f"{file_errors} error(s), {len(found) - file_errors} warning(s)"
+            f"{len(policy.meters)} meters, {len(policy.routes)} routes{counts}"
         )
     if errors:
         return EXIT_CONFIG
