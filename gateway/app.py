@@ -19,6 +19,7 @@ from gateway.api.admin import AdminApi, admin_guard
 from gateway.api.admin_accounts import AdminAccountsApi
 from gateway.api.admin_policy import AdminPolicyApi
 from gateway.api.billing import BillingApi
+from gateway.api.body import BODY_DEADLINES, BodyDeadlines
 from gateway.api.local import LocalHandler, check_handlers
 from gateway.api.ops import OpsApi
 from gateway.api.projects import ProjectsApi
@@ -45,6 +46,7 @@ from gateway.pipeline import OUTCOME_LABEL, Pipeline
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.policy.reload import Reloader, read_policy
+from gateway.proxy.expect import defer_continue
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
 from gateway.settings import Settings, load_settings
 
@@ -115,6 +117,7 @@ def build_gateway(
     registry: CollectorRegistry | None = None,
 ) -> Gateway:
     clock = clock or SystemClock()
+    settings.admin_token()  # a token too short to guard the admin API stops the start here
     policy, text = read_policy(settings.policy)
     metrics = Metrics(registry or CollectorRegistry())
     holder = PolicyHolder(policy, clock.now())
@@ -130,7 +133,9 @@ def build_gateway(
         metrics=metrics,
     )
     cache = IdentityCache(
-        max_entries=settings.identity_cache_entries, ttl=settings.identity_cache_ttl_seconds
+        max_entries=settings.identity_cache_entries,
+        ttl=settings.identity_cache_ttl_seconds,
+        metrics=metrics,
     )
     accounts = Registry(store, clock, cache)
     reloader.set_guard(tier_guard(settings, accounts, store, metrics))
@@ -245,6 +250,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
     app[GATEWAY] = gateway
+    app[BODY_DEADLINES] = body_deadlines(settings)
     upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
 
     forwarder = Forwarder(
@@ -252,6 +258,11 @@ def proxy_app(gateway: Gateway) -> web.Application:
         max_body_bytes=settings.limits.max_body_bytes,
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
+        body_timeout=settings.limits.body_timeout_seconds,
+        body_idle=settings.limits.body_idle_seconds,
+        write_timeout=settings.client_write_seconds,
+        strip_headers=settings.method_override_headers,
+        pool_size=settings.upstream_max_connections,
         trusted_proxies=settings.trusted_proxies,
         metrics=gateway.metrics,
     )
@@ -267,14 +278,23 @@ def proxy_app(gateway: Gateway) -> web.Application:
         metrics=gateway.metrics,
         clock=gateway.clock,
         handlers=handlers,
+        max_header_block=settings.limits.max_header_block_bytes,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404
-    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle)
+    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle, expect_handler=defer_continue)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # one session (and connection pool) for the whole app, never one per request
-        connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0)
+        # an idle pooled connection is closed before the upstream's own keep-alive timeout
+        # could close it under a request being written (0: never reuse one)
+        idle = settings.pool_idle_seconds
+        connector = aiohttp.TCPConnector(
+            limit=settings.upstream_max_connections,
+            limit_per_host=0,
+            force_close=idle == 0,
+            keepalive_timeout=idle if idle > 0 else None,
+        )
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -287,6 +307,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         tasks = [asyncio.create_task(follow(gateway.store, gateway.registry.cache))]
         # a reload asked of any worker, or a changed file, reaches this worker through these
         tasks.append(asyncio.create_task(gateway.reloader.follow(gateway.store)))
+        if settings.store_probe_seconds > 0:
+            tasks.append(asyncio.create_task(gateway.store.watch(settings.store_probe_seconds)))
         if settings.policy_watch_seconds > 0:
             tasks.append(asyncio.create_task(gateway.reloader.watch(settings.policy_watch_seconds)))
         if gateway.jwks is not None:
@@ -314,7 +336,8 @@ def admin_app(gateway: Gateway) -> web.Application:
         ]
     )
     app[GATEWAY] = gateway
-    ops = OpsApi(store=gateway.store, metrics=gateway.metrics)
+    app[BODY_DEADLINES] = body_deadlines(gateway.settings)
+    ops = OpsApi(store=gateway.store, metrics=gateway.metrics, workers=gateway.settings.workers)
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
     accounts = AdminAccountsApi(
         policy=gateway.policy,
@@ -332,14 +355,24 @@ def admin_app(gateway: Gateway) -> web.Application:
         # explain refuses a route naming a handler serve lacks, as serve does
         handlers=local_handlers(gateway, StripeClient(gateway.settings.stripe)),
     )
-    app.add_routes(
+    routes = (
         ops.routes()
         + admin.routes()
         + accounts.routes()
         + billing_api(gateway).routes()
         + policy.routes()
     )
+    # 100 Continue only once the admin guard let the request through and a body is read
+    app.add_routes(
+        web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": defer_continue})
+        for r in routes
+    )
     return app
+
+
+def body_deadlines(settings: Settings) -> BodyDeadlines:
+    limits = settings.limits
+    return BodyDeadlines(total=limits.body_timeout_seconds, idle=limits.body_idle_seconds)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -354,6 +387,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # steadily bytes trickle in: our defence against slowloris clients. It is also the
         # idle keep-alive timeout. tests/test_proxy_limits.py holds both cases.
         "keepalive_timeout": limits.header_timeout_seconds,
+        # taken by GatewayRunner, not aiohttp: see gateway/server.py
+        "max_connections_per_address": limits.max_connections_per_address,
         # bodies are relayed as sent; decompressing them would change what the upstream sees
         "auto_decompress": False,
         "access_log": None,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from yarl import URL
 
 from gateway.identity.tokens import SUPPORTED
+from gateway.metering.redis_store import check_db
 from gateway.policy.source import ConfigError, Node, load_source, root
 
 
@@ -86,10 +87,14 @@ def parse_store(text: str) -> str:
             f"expected 'memory' or a redis:// URL (schemes: {', '.join(_STORE_SCHEMES)}), "
             f"got {text.split('@')[-1]!r}"
         )
+    check_db(text)
     return text
 
 
 _STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+#: like the JWT secret's floor: 32 bytes (256 bits if random) cannot be guessed online
+MIN_ADMIN_TOKEN_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,18 @@ class Limits:
     max_header_bytes: int = 8190  # one header line; aiohttp's own default
     max_headers: int = 100
     header_timeout_seconds: float = 15.0
+    # the whole header block (names, values, separators): 100 lines of 8 KB each would pass
+    # the per-line bounds above; Envoy's default is 60 KiB
+    max_header_block_bytes: int = 64 * 1024
+    # every request body the gateway reads (proxied, or answered itself: login,
+    # provisioning, billing, admin, Stripe webhook) must arrive whole within
+    # body_timeout_seconds and may not go silent for longer than body_idle_seconds (a
+    # 1-byte-per-3-s trickle ends at the total)
+    body_timeout_seconds: float = 60.0
+    body_idle_seconds: float = 10.0
+    # open connections one client address may hold (0: no cap); behind a load balancer every
+    # connection comes from its address, so leave it off there or set it above its pool
+    max_connections_per_address: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +162,11 @@ class AccountSettings:
     provisions_per_address_per_day: int | None = 20  # None: no abuse guard
     session_ttl_seconds: float = 7 * 86400.0
     min_password_length: int = 8
+    # login attempts that may fail per account and per client address in each window;
+    # past either, 429 with Retry-After until the window ends (None: no limit)
+    login_failures_per_account: int | None = 10
+    login_failures_per_address: int | None = 100
+    login_window_seconds: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +207,8 @@ class Settings:
     store: str = "memory"
     # every store command must answer within this budget, or the failure mode applies
     store_timeout_ms: int = 250
+    # seconds between pings of a healthy store, so an idle process notices an outage (0: off)
+    store_probe_seconds: float = 2.0
     # closed: refuse with 503 while the store is unreachable; open: admit on a local allowance
     store_failure_mode: Literal["closed", "open"] = "closed"
     # fail open: units each meter of an account may take per outage, counted and written back
@@ -195,6 +219,19 @@ class Settings:
     upstreams: tuple[tuple[str, URL], ...] = (("/", URL("http://127.0.0.1:8000")),)
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
+    # a pooled upstream connection idle longer than this is closed, never reused: below the
+    # keep-alive timeouts of common upstreams (Node.js and uvicorn 5 s, nginx 75 s), so the
+    # gateway never writes a request on a connection the upstream is closing
+    pool_idle_seconds: float = 4.0
+    # the longest a client may leave a relayed response unread before both connections close
+    client_write_seconds: float = 60.0
+    # request headers that ask an upstream framework to treat the request as another method;
+    # stripped, since the gateway meters the method on the request line
+    method_override_headers: tuple[str, ...] = (
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    )
     upstream_max_connections: int = 512
     shutdown_grace_seconds: float = 30.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -206,7 +243,17 @@ class Settings:
     cors: CorsSettings = field(default_factory=CorsSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
-        return environ.get(self.admin_token_env) or None
+        """The admin API's bearer token, or None (the admin API is then disabled).
+
+        Refused when shorter than ``MIN_ADMIN_TOKEN_BYTES``: it guards every account and key,
+        and a short one falls to guessing through the admin listener."""
+        value = environ.get(self.admin_token_env) or None
+        if value is not None and len(value.encode("utf-8")) < MIN_ADMIN_TOKEN_BYTES:
+            raise ValueError(
+                f"{self.admin_token_env} is {len(value.encode('utf-8'))} bytes; the admin token "
+                f"needs at least {MIN_ADMIN_TOKEN_BYTES} (for example: openssl rand -hex 32)"
+            )
+        return value
 
     def jwt_secret(self, environ: Mapping[str, str] = os.environ) -> bytes | None:
         value = environ.get(self.jwt.secret_env)
@@ -225,6 +272,7 @@ KEYS: dict[str, frozenset[str]] = {
             "access_log",
             "store",
             "store_timeout_ms",
+            "store_probe_seconds",
             "store_failure_mode",
             "store_fail_open_allowance",
             "identity_cache_ttl_seconds",
@@ -240,6 +288,7 @@ KEYS: dict[str, frozenset[str]] = {
             "shutdown_grace_seconds",
             "accounts",
             "stripe",
+            "method_override_headers",
             "cors",
         }
     ),
@@ -254,7 +303,14 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "accounts": frozenset(
-        {"provisions_per_address_per_day", "session_ttl_seconds", "min_password_length"}
+        {
+            "provisions_per_address_per_day",
+            "session_ttl_seconds",
+            "min_password_length",
+            "login_failures_per_account",
+            "login_failures_per_address",
+            "login_window_seconds",
+        }
     ),
     "stripe": frozenset(
         {
@@ -269,7 +325,9 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "upstreams[]": frozenset({"prefix", "url"}),
-    "timeouts": frozenset({"connect_seconds", "read_seconds"}),
+    "timeouts": frozenset(
+        {"connect_seconds", "read_seconds", "pool_idle_seconds", "client_write_seconds"}
+    ),
     "secrets": frozenset({"admin_token_env"}),
     "jwt": frozenset(
         {
@@ -286,7 +344,16 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "limits": frozenset(
-        {"max_body_bytes", "max_header_bytes", "max_headers", "header_timeout_seconds"}
+        {
+            "max_body_bytes",
+            "max_header_bytes",
+            "max_headers",
+            "header_timeout_seconds",
+            "max_header_block_bytes",
+            "body_timeout_seconds",
+            "body_idle_seconds",
+            "max_connections_per_address",
+        }
     ),
 }
 
@@ -335,6 +402,8 @@ def _from_file(path: str) -> Settings:
         values["store"] = _convert(child, parse_store)
     if (child := node.get("store_timeout_ms")) is not None:
         values["store_timeout_ms"] = child.int(minimum=1, maximum=60_000)
+    if (child := node.get("store_probe_seconds")) is not None:
+        values["store_probe_seconds"] = child.number(minimum=0)
     if (child := node.get("store_failure_mode")) is not None:
         values["store_failure_mode"] = child.str(choices=("closed", "open"))
     if (child := node.get("store_fail_open_allowance")) is not None:
@@ -368,6 +437,12 @@ def _from_file(path: str) -> Settings:
             values["connect_timeout_seconds"] = sub.number(minimum=0.001)
         if (sub := child.get("read_seconds")) is not None:
             values["read_timeout_seconds"] = sub.number(minimum=0.001)
+        if (sub := child.get("pool_idle_seconds")) is not None:
+            values["pool_idle_seconds"] = sub.number(minimum=0)
+        if (sub := child.get("client_write_seconds")) is not None:
+            values["client_write_seconds"] = sub.number(minimum=0.001)
+    if (child := node.get("method_override_headers")) is not None:
+        values["method_override_headers"] = tuple(item.str(max_len=200) for item in child.list())
     if (child := node.get("trusted_proxies")) is not None:
         values["trusted_proxies"] = tuple(
             _convert(item, lambda text: ipaddress.ip_network(text, strict=False))
@@ -431,9 +506,16 @@ def _cors(node: Node) -> CorsSettings:
 def _accounts(node: Node) -> AccountSettings:
     node.mapping(allowed=set(KEYS["accounts"]))
     values: dict[str, Any] = {}
-    if (child := node.get("provisions_per_address_per_day")) is not None:
-        unlimited = isinstance(child.value, str) and child.value == "unlimited"
-        values["provisions_per_address_per_day"] = None if unlimited else child.int(minimum=1)
+    for key in (
+        "provisions_per_address_per_day",
+        "login_failures_per_account",
+        "login_failures_per_address",
+    ):
+        if (child := node.get(key)) is not None:
+            unlimited = isinstance(child.value, str) and child.value == "unlimited"
+            values[key] = None if unlimited else child.int(minimum=1)
+    if (child := node.get("login_window_seconds")) is not None:
+        values["login_window_seconds"] = child.number(minimum=1)
     if (child := node.get("session_ttl_seconds")) is not None:
         values["session_ttl_seconds"] = child.number(minimum=60)
     if (child := node.get("min_password_length")) is not None:
@@ -496,12 +578,18 @@ def _jwt(node: Node, base: Path) -> JwtSettings:
 def _limits(node: Node) -> Limits:
     node.mapping(allowed=set(KEYS["limits"]))
     values: dict[str, Any] = {}
-    for key in ("max_body_bytes", "max_header_bytes", "max_headers"):
+    for key in ("max_body_bytes", "max_header_bytes", "max_headers", "max_header_block_bytes"):
         if (child := node.get(key)) is not None:
             values[key] = child.int(minimum=1)
-    if (child := node.get("header_timeout_seconds")) is not None:
-        values["header_timeout_seconds"] = child.number(minimum=0.1)
-    return Limits(**values)
+    if (child := node.get("max_connections_per_address")) is not None:
+        values["max_connections_per_address"] = child.int(minimum=0)
+    for key in ("header_timeout_seconds", "body_timeout_seconds", "body_idle_seconds"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.number(minimum=0.1)
+    limits = Limits(**values)
+    if limits.body_idle_seconds > limits.body_timeout_seconds:
+        raise node.fail("body_idle_seconds cannot be longer than body_timeout_seconds")
+    return limits
 
 
 def _relative(base: Path, value: str) -> Path:

@@ -167,10 +167,12 @@ def test_route_order_is_diffed_by_which_requests_now_match_another_route() -> No
     moved = AGENTSTACK.replace(ADVANCED, "").replace(
         "  - name: custom-analytics\n", ADVANCED + "  - name: custom-analytics\n"
     )
-    (row,) = policy_diff(parse_policy(AGENTSTACK), parse_policy(moved))
-    tier, change, before, after = row
+    exact, variants = policy_diff(parse_policy(AGENTSTACK), parse_policy(moved))
+    tier, change, before, after = exact
     assert (tier, before, after) == ("(all)", "advanced-webhooks", "webhooks")
     assert change.startswith("requests matched by another route: GET /api/webhooks/advanced")
+    # other spellings are refused as variants of the route that now comes first
+    assert variants[2:] == ("variant of advanced-webhooks (400)", "variant of webhooks (400)")
     # a swap of two routes no request can reach both of changes nothing
     swapped = AGENTSTACK.replace(ADVANCED, "").replace(
         "  - name: payments\n", ADVANCED + "  - name: payments\n"

@@ -23,7 +23,7 @@ from gateway.metering.store import MeterState
 from gateway.policy.corpus import requests
 from gateway.policy.diff import markdown, policy_diff
 from gateway.policy.loader import parse_policy
-from gateway.policy.model import Policy, Route, Tier
+from gateway.policy.model import PathVariant, Policy, Route, Tier
 from gateway.policy.source import ConfigError, parse_source
 from tests.conftest import POLICIES
 
@@ -181,8 +181,20 @@ def _decisions(policy: Policy, corpus: list[tuple[str, str]]) -> dict[Any, Any]:
         # what each route means for the tier; which route each request reaches is below
         out[("routes", name)] = {r.name: _route_decision(policy, tier, r) for r in policy.routes}
     for method, path in corpus:
-        matched = policy.match(method, path)
-        out[(method, path)] = None if matched is None else (matched[0].name, matched[1])
+        try:
+            resolved = policy.resolve(method, path)
+        except PathVariant as exc:
+            out[(method, path)] = ("variant", exc.details)
+            continue
+        out[(method, path)] = (
+            None
+            if resolved is None
+            else (
+                resolved.route.name,
+                resolved.params,
+                resolved.path,
+            )
+        )
     return out
 
 

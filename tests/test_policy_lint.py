@@ -77,7 +77,7 @@ CASES: dict[str, tuple[Callable[[str], str], str, str, str]] = {
         _edit("path: /api/logic/**", "path: /api/Logic/**"),
         "warning",
         "routes[44].path",
-        "segment 'Logic' has capitals, and paths match case-sensitively; /api/logic goes to api",
+        "segment 'Logic' has capitals; /api/logic is refused as a variant of logic (400)",
     ),
     "missing /**": (
         _edit("path: /api/logic/**", "path: /api/logic"),
@@ -95,7 +95,8 @@ CASES: dict[str, tuple[Callable[[str], str], str, str, str]] = {
         _edit("path: /api/triggers\n", "path: /api/triggers/\n"),
         "warning",
         "routes[26].path",
-        "the trailing slash makes /api/triggers (without it) miss this route: it goes to api",
+        "the trailing slash makes /api/triggers (without it) miss this route: it is refused as "
+        "a variant of create-trigger (400)",
     ),
     "byte limit without a unit": (
         _edit("json_storage: 100 MB", "json_storage: 100"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.policy.model import Policy
+from gateway.policy.model import PathVariant, Policy
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -41,3 +41,13 @@ def requests(policies: Iterable[Policy]) -> list[tuple[str, str]]:
                 for method in methods:
                     out[(method, path)] = None
     return list(out)
+
+
+def reaches(policy: Policy, method: str, path: str) -> str:
+    """Where a request goes: a route's name, ``variant of NAME (400)`` when the path is a
+    spelling of a strict route's pattern (refused), or ``no route (404)``."""
+    try:
+        found = policy.resolve(method, path)
+    except PathVariant as exc:
+        return f"variant of {(exc.details or {}).get('route')} (400)"
+    return found.route.name if found is not None else "no route (404)"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.policy.billing import format_money
-from gateway.policy.corpus import requests
+from gateway.policy.corpus import reaches, requests
 from gateway.policy.model import DECISIONS, KeyType, Policy, Route, Tier
 
 ABSENT = "—"
@@ -167,9 +167,7 @@ def _matching(old: Policy, new: Policy) -> list[Row]:
     """Representative requests that now match a different route, grouped by (old, new)."""
     moved: dict[tuple[str, str], list[str]] = {}
     for method, path in requests((old, new)):
-        before, after = old.match(method, path), new.match(method, path)
-        was = before[0].name if before else "(no route: 404)"
-        now = after[0].name if after else "(no route: 404)"
+        was, now = reaches(old, method, path), reaches(new, method, path)
         if was != now:
             moved.setdefault((was, now), []).append(f"{method} {path}")
     rows: list[Row] = []

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.policy.corpus import reaches
 from gateway.policy.model import Policy, Route
 from gateway.policy.names import did_you_mean
 from gateway.policy.source import KeyPath, Source, format_path
@@ -140,10 +141,15 @@ def _sample(parts: list[str]) -> str:
     return "/" + "/".join(out)
 
 
-def _goes_to(policy: Policy, route: Route, path: str) -> Route | None:
+def _goes_to(policy: Policy, route: Route, path: str) -> str | None:
+    """Where a request on ``path`` meant for ``route`` goes instead; None if it reaches it."""
     method = next(iter(sorted(route.methods))) if route.methods else "GET"
-    found = policy.match(method, path)
-    return found[0] if found is not None else None
+    found = reaches(policy, method, path)
+    if found == route.name:
+        return None
+    if found.startswith("variant of"):
+        return f"is refused as a {found}"
+    return f"goes to {found}" if found != "no route (404)" else "matches no route (404)"
 
 
 def _near_misses(policy: Policy, add: Add) -> None:
@@ -163,25 +169,26 @@ def _near_misses(policy: Policy, add: Add) -> None:
             if twin is not None or all(p == p.lower() for p in literals - {part}):
                 lower = route.pattern.replace(part, part.lower())
                 other = _goes_to(policy, route, _sample(segments(lower)))
-                went = f"; {_sample(segments(lower))} goes to {other.name}" if other else ""
+                if other is None:  # a lenient route takes the other spelling too
+                    continue
+                went = f"; {_sample(segments(lower))} {other}"
                 what = f"differs from {twin!r} only by case" if twin else "has capitals"
                 add(
                     "warning",
                     where,
-                    f"segment {part!r} {what}, and paths match case-sensitively{went}",
+                    f"segment {part!r} {what}{went}",
                     f"write {lower}",
                 )
         if len(parts) > 1 and parts[-1] == "":
             bare = route.pattern.rstrip("/")
             other = _goes_to(policy, route, bare)
-            if other is not route and not any(
+            if other is not None and not any(
                 r.pattern.endswith("/") for r in policy.routes if r is not route
             ):
-                went = f"goes to {other.name}" if other else "matches no route"
                 add(
                     "warning",
                     where,
-                    f"the trailing slash makes {bare} (without it) miss this route: it {went}",
+                    f"the trailing slash makes {bare} (without it) miss this route: it {other}",
                     f"write {bare}",
                 )
         if not gates or route.methods is not None or parts[-1] == "**" or parts[-1] == "":
@@ -193,15 +200,14 @@ def _near_misses(policy: Policy, add: Add) -> None:
             continue
         below = f"{base}/x1/x2"
         other = _goes_to(policy, route, below)
-        if other is route:
+        if other is None:
             continue
-        went = f"goes to {other.name}" if other else "matches no route"
         reach = f"one segment below {base}" if base != route.pattern else f"only {base} itself"
         near = ", ".join(sorted(s + "/**" for s in siblings)[:3])
         add(
             "warning",
             where,
-            f"{route.pattern} matches {reach}, so {below} {went}; sibling routes use /** ({near})",
+            f"{route.pattern} matches {reach}, so {below} {other}; sibling routes use /** ({near})",
             f"write {base}/**",
         )
 
