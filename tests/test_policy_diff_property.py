@@ -10,6 +10,7 @@ history), every refusal body and header, releases, refunds, prices and key types
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Any
 
 import yaml
@@ -76,6 +77,14 @@ def _get(data: Any, path: tuple[Any, ...]) -> Any:
     return data
 
 
+class Edit(tuple[str, str, str]):
+    """(policy name, old text, new text), shown in a failure as the lines that changed."""
+
+    def __repr__(self) -> str:
+        changed = difflib.unified_diff(self[1].splitlines(), self[2].splitlines(), n=0)
+        return f"Edit({self[0]}: " + " ".join(list(changed)[2:12]) + ")"
+
+
 @st.composite
 def edits(draw: st.DrawFn) -> tuple[str, str, str]:
     """(policy name, old text, edited text) for one random single edit."""
@@ -106,7 +115,7 @@ def edits(draw: st.DrawFn) -> tuple[str, str, str]:
             reject()
     old = yaml.safe_dump(RAW[name], sort_keys=False, allow_unicode=True)
     new = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    return name, old, new
+    return Edit((name, old, new))
 
 
 def _refusal(exc: PolicyRefusal) -> tuple[Any, ...]:

@@ -112,7 +112,7 @@ def _items(*flat: Mapping[tuple[str, ...], str]) -> set[tuple[str, ...]]:
 
 
 def _shown_per_tier(key: tuple[str, ...], tiers: set[str], routes: set[str]) -> bool:
-    if key[0] in _PER_TIER:
+    if key[0] in ("responses", "shadow"):
         return True
     if key[0] == "tiers":
         # a tier added or removed has its own per-tier row
