@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-redis clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: install
 
 bench: install  ## on demand: throughput and latency against a bare proxy, same run
 	$(BIN)/python -m bench.run
+
+bench-redis: install  ## on demand: consume.lua decisions/s beside INCR and a minimal EVALSHA
+	$(BIN)/python -m bench.redis_decisions
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.errors import NotFound
 from gateway.identity.keys import digest, random_token
+from gateway.identity.records import change
 from gateway.metering.clock import Clock
 from gateway.metering.store import Store
 
@@ -79,12 +80,20 @@ class Sessions:
         return _load(await self._store.get_record("session", pointer["digest"]))
 
     async def revoke(self, session_id: str) -> Session:
-        session = await self.get(session_id)
+        pointer = await self._store.get_record("session_id", session_id)
+        if pointer is None:
+            raise NotFound(f"no session {session_id!r}")
+        now = self._clock.now()
+
+        def revoke(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            if doc is None:
+                raise NotFound(f"no session {session_id!r}")
+            return doc if doc.get("revoked_at") is not None else {**doc, "revoked_at": now}
+
+        doc, _ = await change(self._store, "session", pointer["digest"], revoke)
+        session = _load(doc)
         if session is None:
             raise NotFound(f"no session {session_id!r}")
-        if session.revoked_at is None:
-            session = dataclasses.replace(session, revoked_at=self._clock.now())
-            await self._store.put_record("session", session.digest, dataclasses.asdict(session))
         return session
 
     async def of_account(self, account_id: str) -> list[Session]:

@@ -174,6 +174,24 @@ class MemoryStore:
         self._records[key] = json.dumps(doc)
         return True
 
+    async def fetch_record(
+        self, kind: str, record_id: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        raw = self._records.get(record_key(kind, record_id))
+        return (None, None) if raw is None else (dict(json.loads(raw)), raw)
+
+    async def swap_record(
+        self, kind: str, record_id: str, version: str | None, doc: dict[str, Any] | None
+    ) -> bool:
+        key = record_key(kind, record_id)
+        if self._records.get(key) != version:
+            return False
+        if doc is None:
+            del self._records[key]
+        else:
+            self._records[key] = json.dumps(doc)
+        return True
+
     async def delete_record(self, kind: str, record_id: str) -> bool:
         return self._records.pop(record_key(kind, record_id), None) is not None
 
@@ -204,6 +222,10 @@ class MemoryStore:
                 yield await queue.get()
         finally:
             self._listeners[channel].remove(queue)
+
+    async def settle(self) -> None:
+        # every decision here is taken without awaiting: none is ever left undecided
+        return None
 
     async def ping(self) -> None:
         return None

@@ -559,6 +559,7 @@ def _routes(
                 "shadow",
                 "module",
                 "path_matching",
+                "websocket",
             },
             required={"name", "path"},
         )
@@ -638,6 +639,13 @@ def _routes(
                 )
             if not auth:
                 raise module_node.fail("a route without auth has no key to cap")
+        websocket = False
+        if (ws_node := item.get("websocket")) is not None:
+            websocket = ws_node.bool()
+            if websocket and (answer is not None or body_meter is not None):
+                raise ws_node.fail("a WebSocket route is forwarded: no answer, no body_meter")
+            if websocket and methods is not None and "GET" not in methods:
+                raise ws_node.fail("a WebSocket handshake is a GET: list GET in methods")
         routes.append(
             Route(
                 name=name,
@@ -659,6 +667,7 @@ def _routes(
                 literals=literals,
                 slash=slash,
                 path_matching=path_matching(item.get("path_matching"), matching),
+                websocket=websocket,
             )
         )
     return tuple(routes)
