@@ -14,21 +14,23 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.app import Gateway
+from gateway.app import Gateway, handler_names
 from gateway.demo import demo_app
 from gateway.explain import explain, parse_request
 from gateway.identity.resolve import Identity
 from gateway.metering.clock import SystemClock
 from gateway.metering.memory import MemoryStore
 from gateway.policy.diff import markdown, policy_diff
+from gateway.policy.lint import lint
 from gateway.policy.loader import load_policy
-from gateway.policy.source import ConfigError
+from gateway.policy.source import ConfigError, load_source
 from gateway.policy.table import tier_table
 from gateway.replay import read_log, replay
 from gateway.server import ServeError, serve
 from gateway.settings import load_settings, parse_address
 
 EXIT_CONFIG = 2
+EXIT_WARNINGS = 1  # `policy check --strict` found warnings only
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,8 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 
     policy = commands.add_parser("policy", help="check or show policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    check = policy_commands.add_parser("check", help="validate policy files; non-zero on any error")
+    check = policy_commands.add_parser(
+        "check",
+        help="validate and lint policy files: exit 2 on an error, 1 on a warning with --strict",
+    )
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--strict", action="store_true", help="warnings fail too (exit 1): for CI")
     show = policy_commands.add_parser("show", help="print the tier table as Markdown")
     show.add_argument("file", metavar="FILE")
     diff = policy_commands.add_parser(
@@ -114,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     why.add_argument("--policy", metavar="FILE", help="explain offline against this policy")
     why.add_argument("--tier", metavar="TIER", help="offline: the caller's tier")
+    why.add_argument(
+        "--body-bytes",
+        metavar="N",
+        type=int,
+        help="the request's Content-Length (charged to a route's body_meter, as serve does)",
+    )
 
     demo = commands.add_parser("demo-upstream", help="run the bundled demo upstream alone")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8000")
@@ -191,6 +203,8 @@ async def _print_demo_key(gateway: Gateway) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     method, path = parse_request(f"{args.method} {args.path}")
+    if args.body_bytes is not None and args.body_bytes < 0:
+        raise ValueError("--body-bytes is a number of bytes")
     if args.policy is not None:
         policy = load_policy(args.policy)
         if args.tier is not None and args.tier not in policy.tiers:
@@ -200,7 +214,16 @@ def _explain(args: argparse.Namespace) -> int:
         )
         clock = SystemClock()
         report = asyncio.run(
-            explain(policy, MemoryStore(clock), clock, method, path, identity=identity)
+            explain(
+                policy,
+                MemoryStore(clock),
+                clock,
+                method,
+                path,
+                identity=identity,
+                content_length=args.body_bytes,
+                handlers=handler_names(args.policy),
+            )
         )
     else:
         report = asyncio.run(_ask_admin(args, method, path))
@@ -212,7 +235,9 @@ async def _ask_admin(args: argparse.Namespace, method: str, path: str) -> Any:
     token = os.environ.get("GATEWAY_ADMIN_TOKEN")
     if not token:
         raise ValueError("set GATEWAY_ADMIN_TOKEN to ask a running gateway")
-    body: dict[str, str] = {"request": f"{method} {path}"}
+    body: dict[str, Any] = {"request": f"{method} {path}"}
+    if args.body_bytes is not None:
+        body["content_length"] = args.body_bytes
     credential = os.environ.get(args.credential_env)
     if credential:
         body["credential"] = credential
@@ -242,19 +267,33 @@ def _policy(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(report.markdown())
         return 0
-    failed = 0
-    for file in args.files:
+    return _check(args.files, strict=args.strict)
+
+
+def _check(files: Sequence[str], *, strict: bool) -> int:
+    errors = warnings = 0
+    for file in files:
         try:
             policy = load_policy(file)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            failed += 1
+            errors += 1
             continue
+        found = lint(policy, load_source(file), handler_names(file))
+        for finding in found:
+            print(finding.format(file), file=sys.stderr)
+        file_errors = sum(1 for f in found if f.severity == "error")
+        errors += file_errors
+        warnings += len(found) - file_errors
+        state = "ok" if not found else ("failed" if file_errors else "warnings")
+        counts = f"; {file_errors} error(s), {len(found) - file_errors} warning(s)" if found else ""
         print(
-            f"ok: {file}: policy {policy.name!r}, {len(policy.tiers)} tiers, "
-            f"{len(policy.meters)} meters, {len(policy.routes)} routes"
+            f"{state}: {file}: policy {policy.name!r}, {len(policy.tiers)} tiers, "
+            f"{len(policy.meters)} meters, {len(policy.routes)} routes{counts}"
         )
-    return EXIT_CONFIG if failed else 0
+    if errors:
+        return EXIT_CONFIG
+    return EXIT_WARNINGS if strict and warnings else 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@
     └── PolicyRefusal               a decision of the policy, body from the policy's templates
         ├── QuotaExceeded           a meter would go over its limit (429 by default)
         ├── FeatureUnavailable      the tier lacks a feature the route needs (402/403)
-        └── TierForbidden           the route refuses the caller's tier (403)
+        ├── TierForbidden           the route refuses the caller's tier (403)
+        ├── ServiceCapDenied        the key's service cap denies the route's module (403)
+        └── ServiceCapExceeded      the key's service cap on the module is used up (429)
 
 Foreign exceptions (aiohttp client errors, pyjwt, redis) are translated where they enter
 the gateway, with ``raise ... from exc``; nothing else reaches the boundary.
@@ -206,6 +208,14 @@ class FeatureUnavailable(PolicyRefusal):
 
 class TierForbidden(PolicyRefusal):
     outcome = "tier_forbidden"
+
+
+class ServiceCapDenied(PolicyRefusal):
+    outcome = "service_cap_denied"
+
+
+class ServiceCapExceeded(PolicyRefusal):
+    outcome = "service_cap_exceeded"
 
 
 class PolicyInvalid(GatewayError):

@@ -216,6 +216,9 @@ class Settings:
     policy: str = "policies/agentstack.yaml"
     # seconds between checks of the policy file for changes (0: only SIGHUP and the admin API)
     policy_watch_seconds: float = 1.0
+    # a reload may serve accounts on another tier (a tier dropped, default_tier changed)
+    # without the admin API's allow_tier_changes=true (see docs/operations.md)
+    policy_allow_tier_changes: bool = False
     # the JSON-lines access log: a file path, "-" for stdout, or None for none
     access_log: str | None = None
     store: str = "memory"
@@ -290,6 +293,7 @@ KEYS: dict[str, frozenset[str]] = {
             "admin_listen",
             "policy",
             "policy_watch_seconds",
+            "policy_allow_tier_changes",
             "access_log",
             "store",
             "store_timeout_ms",
@@ -425,6 +429,8 @@ def _from_file(path: str) -> Settings:
         values["policy"] = str(_relative(base, child.str()))
     if (child := node.get("policy_watch_seconds")) is not None:
         values["policy_watch_seconds"] = child.number(minimum=0)
+    if (child := node.get("policy_allow_tier_changes")) is not None:
+        values["policy_allow_tier_changes"] = child.bool()
     if (child := node.get("access_log")) is not None and child.value is not None:
         target = child.str()
         values["access_log"] = target if target == "-" else str(_relative(base, target))

@@ -56,7 +56,7 @@ def test_every_gateway_command_in_the_guide_is_one_the_gateway_has(
 
 def policy_check(directory: Path) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "policy", "check", "candidate.yaml"],
+        [sys.executable, "-m", "gateway", "policy", "check", "--strict", "candidate.yaml"],
         cwd=directory,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -68,7 +68,7 @@ def policy_check(directory: Path) -> str:
 
 
 def test_policy_check_prints_what_the_guide_shows(tmp_path: Path) -> None:
-    block = r"```console\n\$ gateway policy check candidate.yaml\n(.*?)```"
+    block = r"```console\n\$ gateway policy check --strict candidate.yaml\n(.*?)```"
     shown = re.search(block, guide(), re.DOTALL)
     assert shown is not None
     error, _, ok = shown.group(1).strip().splitlines()
