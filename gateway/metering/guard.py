@@ -21,6 +21,11 @@ A command cut off by its budget may still have been applied by Redis after all (
 server reads it later), so a request refused then can have been counted: an outage can
 over-count by the requests in flight when it began, never under-count.
 
+At start the gateway pings the store once (``start``): a store that does not answer is
+logged once and the gateway starts degraded, probing it; its return is logged once too.
+While degraded, subscriptions (``listen``) wait for the probe instead of retrying on their
+own, so an outage costs a few log lines, not a line per retry.
+
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
 ``gateway_store_degraded`` gauge shows the state.
@@ -29,6 +34,7 @@ Decisions taken while degraded carry ``degraded=True`` (the proxy marks them wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -78,6 +84,8 @@ class GuardedStore:
         self._probe: asyncio.Task[None] | None = None
         self._ledger: dict[_LedgerKey, int] = {}
         self._releases: list[tuple[str, str, int]] = []
+        self._healthy = asyncio.Event()
+        self._healthy.set()
 
     @property
     def degraded(self) -> bool:
@@ -85,9 +93,25 @@ class GuardedStore:
 
     # -- state ------------------------------------------------------------------------------
 
-    def _trip(self, exc: StoreUnavailable) -> None:
+    async def start(self, *, required: bool = False) -> None:
+        """Ping the store once before serving. If it does not answer: raise StoreUnavailable
+        when ``required``, else log it once and start degraded, probing with backoff."""
+        try:
+            await self.inner.ping()
+        except StoreUnavailable as exc:
+            if required:
+                raise
+            self._trip(exc, when="at start")
+
+    def _trip(self, exc: StoreUnavailable, *, when: str = "") -> None:
         if self._probe is None:
-            log.warning("store unavailable (%s): failing %s until it answers", exc, self._mode)
+            log.warning(
+                "store unavailable%s (%s): failing %s until it answers; probing with backoff",
+                f" {when}" if when else "",
+                exc,
+                self._mode,
+            )
+            self._healthy.clear()
             self._reason = exc.message
             self._backoff = self._min_backoff
             self._probe = asyncio.get_running_loop().create_task(self._recover())
@@ -109,6 +133,7 @@ class GuardedStore:
                 continue
             log.warning("store answers again: deciding with it")
             self._probe = None
+            self._healthy.set()
             if self._metrics is not None:
                 self._metrics.store_degraded.set(0)
             return
@@ -273,8 +298,23 @@ class GuardedStore:
     async def publish(self, channel: str, message: str) -> None:
         await self._call(lambda: self.inner.publish(channel, message))
 
-    def listen(self, channel: str) -> AsyncGenerator[str, None]:
-        return self.inner.listen(channel)
+    async def listen(self, channel: str) -> AsyncGenerator[str, None]:
+        """As Store.listen, but a subscription asked for while degraded waits for the probe to
+        see the store answer, and one that cannot be made marks the store degraded: followers
+        then wait here instead of retrying (and logging) on their own backoff."""
+        await self._healthy.wait()
+        subscribed = False
+        try:
+            async with contextlib.aclosing(self.inner.listen(channel)) as messages:
+                async for message in messages:
+                    subscribed = True
+                    yield message
+        except StoreUnavailable as exc:
+            # a subscription that broke after it was made is the follower's to report; one
+            # that could not be made at all is the store not answering
+            if not subscribed:
+                self._trip(exc)
+            raise
 
     async def ping(self) -> None:
         if self.degraded:
