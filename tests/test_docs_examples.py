@@ -64,9 +64,12 @@ class DocRun:
         self.servers: list[asyncio.subprocess.Process] = []
         bin_dir = workdir / "bin"
         bin_dir.mkdir()
-        shim = bin_dir / "gateway"
-        shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m gateway "$@"\n')
-        shim.chmod(0o755)
+        # `gateway` and `python` in the docs are this tree's, with its dependencies (pyjwt...)
+        python = shlex.quote(sys.executable)
+        for name, command in (("gateway", f"{python} -m gateway"), ("python", python)):
+            shim = bin_dir / name
+            shim.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+            shim.chmod(0o755)
         for name in ("policies", "tests", "config"):
             (workdir / name).symlink_to(ROOT / name)
         # on a terminal curl shows no progress meter; with a pipe it would, on stderr
@@ -102,7 +105,9 @@ class DocRun:
         return out.decode()
 
     async def serve(self, command: Command) -> str:
-        """Start `gateway serve ...` on the run's ports; what it printed once ready."""
+        """Start `gateway serve ...` on the run's ports (stopping the one before, as the docs
+        say); what it printed once ready."""
+        await self.stop()
         flags = (
             f" --listen 127.0.0.1:{self.ports[8080]} --admin-listen 127.0.0.1:{self.ports[9090]}"
         )
@@ -225,7 +230,9 @@ class DocRun:
             self.match_text(value.strip(), got[name.strip().lower()], f"{where} {name}")
         missing = set(got) - seen - UNSHOWN_HEADERS
         if missing and not abridged:
-            raise Mismatch(f"{where}: headers not shown (or say abridged): {head}")
+            raise Mismatch(
+                f"{where}: headers not shown: {sorted(missing)} (or say abridged)\n{head}"
+            )
         self.match_body(shown[blank + 1 :], body, abridged, where)
 
     async def run(self, block: Block) -> None:
@@ -268,9 +275,7 @@ async def stripe_base(aiohttp_server: Any) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
-async def test_console_examples_answer_as_shown(
-    doc: str, tmp_path: Path, stripe_base: str
-) -> None:
+async def test_console_examples_answer_as_shown(doc: str, tmp_path: Path, stripe_base: str) -> None:
     blocks = parse(ROOT / doc, ROOT)
     assert blocks, f"{doc} has no console examples"
     run = DocRun(tmp_path, stripe_base)
