@@ -22,7 +22,9 @@ venv-locked:
 
 install: $(BIN)/gateway
 
-# GATEWAY_ADMIN_TOKEN: yours if set, else a new random one (32 bytes, hex) printed once here
+# GATEWAY_ADMIN_TOKEN: yours if set, else a new random one (32 bytes, hex) printed once here;
+# DEMO_FLAGS go to `gateway serve --demo` (e.g. DEMO_FLAGS='--listen 127.0.0.1:8081')
+DEMO_FLAGS ?=
 demo: install  ## the gateway on the embedded store in front of the bundled demo upstream
 	@token="$${GATEWAY_ADMIN_TOKEN:-}"; \
 	if [ -z "$$token" ]; then \
@@ -35,7 +37,7 @@ demo: install  ## the gateway on the embedded store in front of the bundled demo
 	fi; \
 	echo "The demo account's usage, from the admin API:"; \
 	echo "  curl -s -H \"Authorization: Bearer $$shown\" http://127.0.0.1:9090/admin/accounts/1/usage"; \
-	GATEWAY_ADMIN_TOKEN="$$token" exec $(BIN)/gateway serve --demo
+	GATEWAY_ADMIN_TOKEN="$$token" exec $(BIN)/gateway serve --demo $(DEMO_FLAGS)
 
 test: install  ## the whole suite (starts its own redis-server processes on free ports)
 	$(BIN)/python -m pytest

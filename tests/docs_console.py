@@ -59,11 +59,12 @@ def parse(path: Path, root: Path) -> list[Block]:
         if line.startswith("<!-- docs-test: skip "):
             skip = line.removeprefix("<!-- docs-test: skip ").removesuffix("-->").strip()
         elif line.strip() == "<!-- docs-test: setup":
+            hidden = []
             index += 1
             while lines[index].strip() != "-->":
-                setup.append(lines[index])
+                hidden.append(lines[index])
                 index += 1
-            setup = _commands(setup)
+            setup += _commands(hidden)
         elif line.strip() == "```console":
             start = index + 1
             index += 1

@@ -7,6 +7,10 @@ import argparse
 import asyncio
 import importlib.metadata
 import os
+import re
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -158,3 +162,58 @@ async def test_serve_finds_the_default_policy_from_any_directory(tmp_path: Path)
         process.terminate()
         process.wait(timeout=20)
     assert "policy agentstack" in log.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("own_token", [False, True])
+async def test_make_demo_prints_its_admin_token_and_a_working_admin_example(
+    tmp_path: Path, own_token: bool
+) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    # this tree's gateway stands in for the venv's, so make builds nothing
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = shlex.quote(sys.executable)
+    for name, command in (("gateway", f"{python} -m gateway"), ("python", python)):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    proxy, admin, demo = free_port(), free_port(), free_port()
+    flags = f"--listen 127.0.0.1:{proxy} --admin-listen 127.0.0.1:{admin} "
+    flags += f"--demo-listen 127.0.0.1:{demo}"
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_ADMIN_TOKEN"}
+    env["PYTHONPATH"] = str(ROOT)
+    mine = "my-own-admin-token-" + "x" * 32
+    if own_token:
+        env["GATEWAY_ADMIN_TOKEN"] = mine
+    out = tmp_path / "make.out"
+    with out.open("wb") as sink:
+        process = subprocess.Popen(
+            ["make", "-s", "--no-print-directory", "-C", str(ROOT), "demo",
+             f"BIN={bin_dir}", f"VENV={tmp_path / 'venv'}", f"DEMO_FLAGS={flags}"],
+            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(60):
+            while "Demo account" not in out.read_text(encoding="utf-8"):
+                assert process.poll() is None, out.read_text(encoding="utf-8")
+                await asyncio.sleep(0.1)
+            lines = out.read_text(encoding="utf-8").splitlines()
+            example = next(line for line in lines if "/admin/accounts/1/usage" in line)
+            found = re.search(r'"Authorization: Bearer ([^"]+)" (http://\S+)', example)
+            assert found is not None, example
+            shown, url = found.groups()
+            if own_token:
+                assert lines[0] == "Admin API token: your GATEWAY_ADMIN_TOKEN"
+                assert shown == "$GATEWAY_ADMIN_TOKEN"
+                assert mine not in out.read_text(encoding="utf-8")
+                token = mine
+            else:
+                assert lines[0] == f"Admin API token for this run (GATEWAY_ADMIN_TOKEN): {shown}"
+                assert re.fullmatch(r"[0-9a-f]{64}", shown), shown  # 32 random bytes
+                token = shown
+            url = url.replace("127.0.0.1:9090", f"127.0.0.1:{admin}")
+            async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200, await resp.text()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

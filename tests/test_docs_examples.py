@@ -274,6 +274,7 @@ async def stripe_base(aiohttp_server: Any) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # README's billing example makes 11,000 real calls
 @pytest.mark.parametrize("doc", DOCS)
 async def test_console_examples_answer_as_shown(doc: str, tmp_path: Path, stripe_base: str) -> None:
     blocks = parse(ROOT / doc, ROOT)
