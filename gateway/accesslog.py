@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.metering.clock import Clock
+from gateway.trace import TRACEPARENT, TRACESTATE, TraceContext, continue_or_start
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,11 +44,13 @@ class Entry:
     meters: Sequence[tuple[str, int]] = ()  # (meter, cost) consumed; rendered only when logged
     shadow: list[str] = field(default_factory=list)  # refusals a shadow mode let through
     upstream_seconds: float | None = None
+    trace: TraceContext | None = None  # the W3C trace this request belongs to
 
     def line(self, decision: str, status: int, duration: float) -> str:
         doc = {
             "time": iso_time(self.time),
             "request_id": self.request_id,
+            "trace_id": self.trace.trace_id if self.trace is not None else None,
             "method": self.method,
             "path": self.path,
             "account_id": self.account_id,
@@ -118,6 +121,9 @@ def access_log(*, log: AccessLog | None, clock: Clock, outcome: web.RequestKey[s
             time=clock.now(),
             method=request.method,
             path=request.raw_path.partition("?")[0][:2000],
+            trace=continue_or_start(
+                request.headers.get(TRACEPARENT), request.headers.get(TRACESTATE)
+            ),
         )
         request[ENTRY] = entry
         response = await handler(request)

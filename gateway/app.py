@@ -24,7 +24,9 @@ from gateway.api.projects import ProjectsApi
 from gateway.api.stripe import StripeClient, StripeWebhook
 from gateway.api.tiers import TiersApi
 from gateway.boundary import error_boundary
+from gateway.cors import Cors
 from gateway.identity.cache import IdentityCache, follow
+from gateway.identity.jwks import JwksClient
 from gateway.identity.locks import Locks
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
@@ -59,6 +61,7 @@ class Gateway:
     sessions: Sessions
     users: Users
     reloader: Reloader
+    jwks: JwksClient | None = None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -72,17 +75,33 @@ def open_store(url: str, clock: Clock, *, timeout_ms: int = 250) -> Store:
     return RedisStore(url, timeout_ms=timeout_ms)
 
 
-def build_verifier(settings: Settings, tenant_claim: str) -> JwtVerifier:
+def build_verifier(
+    settings: Settings, tenant_claim: str, metrics: Metrics | None = None
+) -> tuple[JwtVerifier, JwksClient | None]:
+    """The JWT verifier and, with ``jwt.jwks_url``, the client that keeps its keys fresh."""
     jwt = settings.jwt
-    return JwtVerifier(
+    static = load_public_keys(jwt.public_key_file, jwt.jwks_file)
+    verifier = JwtVerifier(
         algorithms=jwt.algorithms,
         secret=settings.jwt_secret(),
-        public_keys=load_public_keys(jwt.public_key_file, jwt.jwks_file),
+        public_keys=static,
         issuer=jwt.issuer,
         audience=jwt.audience,
         leeway=jwt.leeway_seconds,
         tenant_claim=tenant_claim,
+        dynamic_keys=jwt.jwks_url is not None,
     )
+    if jwt.jwks_url is None:
+        return verifier, None
+    jwks = JwksClient(
+        jwt.jwks_url,
+        verifier,
+        static_keys=static,
+        refresh_seconds=jwt.jwks_refresh_seconds,
+        refetch_seconds=jwt.jwks_refetch_seconds,
+        on_fetch=(lambda result: metrics.jwks_fetches.labels(result).inc()) if metrics else None,
+    )
+    return verifier, jwks
 
 
 def build_gateway(
@@ -112,6 +131,7 @@ def build_gateway(
     )
     accounts = Registry(store, clock, cache)
     sessions = Sessions(store, clock, ttl_seconds=settings.accounts.session_ttl_seconds)
+    verifier, jwks = build_verifier(settings, policy.tenant_claim, metrics)
     return Gateway(
         settings=settings,
         clock=clock,
@@ -119,12 +139,11 @@ def build_gateway(
         store=store,
         registry=accounts,
         metrics=metrics,
-        authenticator=Authenticator(
-            accounts, build_verifier(settings, policy.tenant_claim), sessions
-        ),
+        authenticator=Authenticator(accounts, verifier, sessions, jwks),
         sessions=sessions,
         users=Users(store, clock),
         reloader=reloader,
+        jwks=jwks,
     )
 
 
@@ -177,12 +196,17 @@ def billing_api(gateway: Gateway) -> BillingApi:
 def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     log = AccessLog(settings.access_log) if settings.access_log else None
+    cors = Cors(settings.cors) if settings.cors.allow_origins else None
     app = web.Application(
         middlewares=[
             access_log(log=log, clock=gateway.clock, outcome=OUTCOME_LABEL),
+            # preflights are answered before the error boundary counts a decision
+            *([cors.middleware()] if cors is not None else []),
             error_boundary(metrics=gateway.metrics),
         ]
     )
+    if cors is not None:
+        app.on_response_prepare.append(cors.on_prepare)
     app[GATEWAY] = gateway
     upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
 
@@ -228,6 +252,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         tasks.append(asyncio.create_task(gateway.reloader.follow(gateway.store)))
         if settings.policy_watch_seconds > 0:
             tasks.append(asyncio.create_task(gateway.reloader.watch(settings.policy_watch_seconds)))
+        if gateway.jwks is not None:
+            tasks.append(asyncio.create_task(gateway.jwks.run()))
         if log is not None:
             log.open()
         async with stripe.opened():

@@ -52,6 +52,12 @@ class Metrics:
             ["upstream", "kind"],
             registry=registry,
         )
+        self.jwks_fetches = Counter(
+            "gateway_jwks_fetches_total",
+            "Fetches of the JWT signing keys from jwt.jwks_url, by result (success, failure).",
+            ["result"],
+            registry=registry,
+        )
         self.store_seconds = Histogram(
             "gateway_store_duration_seconds",
             "Time spent in store operations on the request path.",

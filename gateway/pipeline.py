@@ -112,6 +112,8 @@ class Pipeline:
 
         inject = _identity_headers(identity, route) if identity is not None else {}
         inject[REQUEST_ID_HEADER] = entry.request_id
+        if entry.trace is not None:
+            inject.update(entry.trace.upstream_headers())
         # a gateway key is ours alone, on every route; a JWT is passed on so the upstream can
         # verify it too, and so is whatever an unauthenticated route's callers authorise with
         if identity is not None:

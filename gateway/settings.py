@@ -98,9 +98,36 @@ class JwtSettings:
     secret_env: str = "GATEWAY_JWT_SECRET"  # noqa: S105 - a variable name
     public_key_file: str | None = None
     jwks_file: str | None = None
+    jwks_url: str | None = None  # an identity provider's JWKS, fetched and refreshed
+    jwks_refresh_seconds: float = 300.0
+    jwks_refetch_seconds: float = 10.0  # at most one refetch per interval for unknown kids
     issuer: str | None = None
     audience: str | None = None
     leeway_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """Browser cross-origin access to the proxy listener (gateway/cors.py); off when no
+    origin is allowed."""
+
+    #: exact origins (``https://app.example.com``), ``https://*.example.com`` for any
+    #: subdomain, or ``*`` for any origin (never with credentials)
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "X-API-Key",
+        "Idempotency-Key",
+        "X-Request-Id",
+        "traceparent",
+        "tracestate",
+    )
+    #: exposed besides the gateway's own response headers (rate limits, Retry-After, ids)
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age_seconds: int = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +202,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     accounts: AccountSettings = field(default_factory=AccountSettings)
     stripe: StripeSettings = field(default_factory=StripeSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
         return environ.get(self.admin_token_env) or None
@@ -211,6 +239,17 @@ KEYS: dict[str, frozenset[str]] = {
             "shutdown_grace_seconds",
             "accounts",
             "stripe",
+            "cors",
+        }
+    ),
+    "cors": frozenset(
+        {
+            "allow_origins",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "allow_credentials",
+            "max_age_seconds",
         }
     ),
     "accounts": frozenset(
@@ -237,6 +276,9 @@ KEYS: dict[str, frozenset[str]] = {
             "secret_env",
             "public_key_file",
             "jwks_file",
+            "jwks_url",
+            "jwks_refresh_seconds",
+            "jwks_refetch_seconds",
             "issuer",
             "audience",
             "leeway_seconds",
@@ -342,7 +384,47 @@ def _from_file(path: str) -> Settings:
         values["accounts"] = _accounts(child)
     if (child := node.get("stripe")) is not None:
         values["stripe"] = _stripe(child)
+    if (child := node.get("cors")) is not None:
+        values["cors"] = _cors(child)
     return Settings(**values)
+
+
+_ORIGIN = re.compile(r"(\*|https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token: a header or method
+
+
+def _cors(node: Node) -> CorsSettings:
+    node.mapping(allowed=set(KEYS["cors"]))
+    values: dict[str, Any] = {}
+    if (child := node.get("allow_origins")) is not None:
+        origins = []
+        for item in child.list():
+            origin = item.str(max_len=300)
+            if not _ORIGIN.fullmatch(origin):
+                raise item.fail(
+                    "expected an origin like https://app.example.com (no path or trailing "
+                    f"slash), https://*.example.com or *, got {origin!r}"
+                )
+            origins.append(origin)
+        values["allow_origins"] = tuple(origins)
+    for key in ("allow_methods", "allow_headers", "expose_headers"):
+        if (child := node.get(key)) is not None:
+            names = []
+            for item in child.list():
+                name = item.str(max_len=100)
+                if not _TOKEN.fullmatch(name):
+                    raise item.fail(f"expected a header or method name, got {name!r}")
+                names.append(name.upper() if key == "allow_methods" else name)
+            values[key] = tuple(names)
+    if (child := node.get("allow_credentials")) is not None:
+        values["allow_credentials"] = child.bool()
+    if (child := node.get("max_age_seconds")) is not None:
+        values["max_age_seconds"] = child.int(minimum=0, maximum=86_400)
+    cors = CorsSettings(**values)
+    # browsers refuse credentials with a wildcard origin: say so here, not in a console
+    if cors.allow_credentials and "*" in cors.allow_origins:
+        raise node.fail("allow_credentials cannot be used with allow_origins '*'; list origins")
+    return cors
 
 
 def _accounts(node: Node) -> AccountSettings:
@@ -392,13 +474,21 @@ def _jwt(node: Node, base: Path) -> JwtSettings:
     for key in ("public_key_file", "jwks_file"):
         if (child := node.get(key)) is not None and child.value is not None:
             values[key] = str(_relative(base, child.str()))
+    if (child := node.get("jwks_url")) is not None and child.value is not None:
+        url = child.str(max_len=2000)
+        if not url.startswith(("https://", "http://")):
+            raise child.fail(f"expected an http:// or https:// URL, got {url!r}")
+        values["jwks_url"] = url
     if (child := node.get("leeway_seconds")) is not None:
         values["leeway_seconds"] = child.number()
+    for key in ("jwks_refresh_seconds", "jwks_refetch_seconds"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.number(minimum=1)
     jwt = JwtSettings(**values)
     # an RS/ES algorithm with no key to verify it would refuse every token, silently
     asymmetric = [a for a in jwt.algorithms if not a.startswith("HS")]
-    if asymmetric and jwt.public_key_file is None and jwt.jwks_file is None:
-        raise node.fail(f"{asymmetric[0]} needs public_key_file or jwks_file")
+    if asymmetric and jwt.public_key_file is None and jwt.jwks_file is None and not jwt.jwks_url:
+        raise node.fail(f"{asymmetric[0]} needs public_key_file, jwks_file or jwks_url")
     return jwt
 
 

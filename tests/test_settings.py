@@ -153,7 +153,12 @@ def write(tmp_path: Path, text: str) -> str:
         ("store: postgres://db\n", 1, "store", "expected 'memory' or a redis:// URL"),
         ("jwt:\n  algorithms: [none]\n", 2, "jwt.algorithms[0]", "expected one of"),
         ("jwt:\n  algorithms: []\n", 2, "jwt.algorithms", "at least one algorithm"),
-        ("jwt:\n  algorithms: [RS256]\n", 1, "jwt", "RS256 needs public_key_file or jwks_file"),
+        (
+            "jwt:\n  algorithms: [RS256]\n",
+            1,
+            "jwt",
+            "RS256 needs public_key_file, jwks_file or jwks_url",
+        ),
         ("timeouts:\n  read_seconds: 0\n", 2, "timeouts.read_seconds", "at least 0.001"),
         ("limits:\n  max_headers: -1\n", 2, "limits.max_headers", "at least 1"),
         ("listen: [1, 2\n", 2, "", "invalid YAML"),

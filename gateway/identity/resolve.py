@@ -9,9 +9,10 @@ from typing import Any, Literal
 from multidict import CIMultiDictProxy
 
 from gateway.errors import Unauthenticated
+from gateway.identity.jwks import JwksClient
 from gateway.identity.registry import Account, Registry, org_account_id
 from gateway.identity.sessions import SESSION_TOKEN, Sessions
-from gateway.identity.tokens import JwtVerifier
+from gateway.identity.tokens import Claims, JwtVerifier, UnknownSigningKey
 from gateway.policy.model import Policy
 
 CredentialKind = Literal["user", "project", "jwt", "session"]
@@ -68,10 +69,12 @@ class Authenticator:
         registry: Registry,
         verifier: JwtVerifier | None,
         sessions: Sessions | None = None,
+        jwks: JwksClient | None = None,
     ) -> None:
         self._registry = registry
         self._verifier = verifier
         self._sessions = sessions
+        self._jwks = jwks
 
     async def identify(self, policy: Policy, credential: str) -> Identity:
         key_type = policy.key_type(credential)
@@ -108,7 +111,7 @@ class Authenticator:
                 **_billing(policy, account),
             )
         if credential.count(".") == 2 and self._verifier is not None and self._verifier.enabled:
-            claims = self._verifier.verify(credential)
+            claims = await self._verify(self._verifier, credential)
             if claims.tenant is None:
                 raise Unauthenticated(f"token lacks {policy.tenant_claim}")
             account_id = org_account_id(claims.tenant)
@@ -121,3 +124,12 @@ class Authenticator:
                 **_billing(policy, org),
             )
         raise Unauthenticated("unrecognised credential")
+
+    async def _verify(self, verifier: JwtVerifier, token: str) -> Claims:
+        try:
+            return verifier.verify(token)
+        except UnknownSigningKey:
+            # a provider that rotated keys signs with a kid we have not fetched yet
+            if self._jwks is None or not await self._jwks.refetch():
+                raise
+            return verifier.verify(token)

@@ -24,6 +24,10 @@ TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _MAX_TOKEN = 8192
 
 
+class UnknownSigningKey(Unauthenticated):
+    """A token names a key this verifier does not hold (yet): a JWKS may have rotated."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     tenant: str | None  # the tenant claim (organization_id), validated
@@ -43,8 +47,11 @@ class JwtVerifier:
         audience: str | None = None,
         leeway: float = 30.0,
         tenant_claim: str = "organization_id",
+        dynamic_keys: bool = False,
     ) -> None:
         self.algorithms = algorithms
+        # keys arrive from a JWKS URL: the verifier is enabled before the first fetch lands
+        self.dynamic_keys = dynamic_keys
         # RFC 7518 3.2: an HMAC key at least as long as the hash. pyjwt would otherwise warn on
         # every request, and a short secret can be brute-forced from any token it signed.
         shortest = max((_HMAC_KEY_BYTES[a] for a in algorithms if a in _SYMMETRIC), default=0)
@@ -62,7 +69,11 @@ class JwtVerifier:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._secret or self._public)
+        return bool(self._secret or self._public or self.dynamic_keys)
+
+    def set_public_keys(self, keys: dict[str | None, Any]) -> None:
+        """Swap in a whole new key set (a JWKS refresh); requests in flight keep the old one."""
+        self._public = dict(keys)
 
     def verify(self, token: str) -> Claims:
         if len(token) > _MAX_TOKEN:
@@ -106,7 +117,7 @@ class JwtVerifier:
             raise Unauthenticated("malformed token")
         key = self._public.get(kid) if kid in self._public else self._public.get(None)
         if key is None:
-            raise Unauthenticated("unknown signing key")
+            raise UnknownSigningKey("unknown signing key")
         # an RS token must meet an RSA key and an ES token an EC key, whatever the kid says
         expected = rsa.RSAPublicKey if alg.startswith("RS") else ec.EllipticCurvePublicKey
         if not isinstance(key, expected):
@@ -130,24 +141,44 @@ def load_public_keys(pem_file: str | None, jwks_file: str | None) -> dict[str | 
             data = json.loads(Path(jwks_file).read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{jwks_file}: not a JSON JWKS document: {exc}") from exc
-        found = data.get("keys") if isinstance(data, dict) else None
-        if not isinstance(found, list) or not found:
-            raise ValueError(f'{jwks_file}: expected {{"keys": [...]}} with at least one key')
-        for index, jwk in enumerate(found):
-            where = f"{jwks_file}: keys[{index}]"
-            kty = jwk.get("kty") if isinstance(jwk, dict) else None
-            try:
-                if kty == "RSA":
-                    key: object = RSAAlgorithm.from_jwk(json.dumps(jwk))
-                elif kty == "EC":
-                    key = ECAlgorithm.from_jwk(json.dumps(jwk))
-                else:
-                    raise ValueError(f"{where}: unsupported JWK key type {kty!r}")
-            except jwt.InvalidKeyError as exc:
-                raise ValueError(f"{where}: {exc}") from exc
-            # private keys do not belong in a file the gateway only verifies with
+        keys.update(parse_jwks(data, jwks_file))
+    return keys
+
+
+def parse_jwks(data: Any, where: str, *, strict: bool = True) -> dict[str | None, Any]:
+    """Public keys by ``kid`` from a JWKS document; RSA or EC only.
+
+    ``strict`` (a file the operator wrote) refuses any key it cannot use; otherwise (a JWKS
+    an identity provider publishes, which may list keys for other uses) such keys are
+    skipped, but a document with no usable key is still an error.
+    """
+    found = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(found, list) or not found:
+        raise ValueError(f'{where}: expected {{"keys": [...]}} with at least one key')
+    keys: dict[str | None, Any] = {}
+    for index, jwk in enumerate(found):
+        at = f"{where}: keys[{index}]"
+        kty = jwk.get("kty") if isinstance(jwk, dict) else None
+        try:
+            if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+                raise ValueError(f"{at}: not a signing key")
+            if kty == "RSA":
+                key: object = RSAAlgorithm.from_jwk(json.dumps(jwk))
+            elif kty == "EC":
+                key = ECAlgorithm.from_jwk(json.dumps(jwk))
+            else:
+                raise ValueError(f"{at}: unsupported JWK key type {kty!r}")
+            # private keys do not belong in a set the gateway only verifies with
             if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-                raise ValueError(f"{where}: a private key; list only public keys")
-            kid = jwk.get("kid")
-            keys[kid if isinstance(kid, str) else None] = key
+                raise ValueError(f"{at}: a private key; list only public keys")
+        except (ValueError, jwt.InvalidKeyError) as exc:
+            if strict:
+                raise ValueError(
+                    str(exc) if isinstance(exc, ValueError) else f"{at}: {exc}"
+                ) from exc
+            continue
+        kid = jwk.get("kid")
+        keys[kid if isinstance(kid, str) else None] = key
+    if not keys:
+        raise ValueError(f"{where}: no RSA or EC signing key")
     return keys

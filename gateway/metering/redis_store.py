@@ -228,8 +228,12 @@ class RedisStore:
                 1 if charge.overage else 0,
                 charge.history_ttl,
             ]
+        # the late-decision guard (consume.lua's top): deadline, decision id, marker ttl
+        args += [0, "", 0]
         keys = [self._base(account_id, charge) for charge in charges]
         raw = await self._script("consume", keys, args)
+        if int(raw[0]) < 0:
+            raise StoreUnavailable("the store ran the decision after its deadline; nothing applied")
         admitted, refused = int(raw[0]) == 1, int(raw[1])
         states = self._states(raw[2:], charges)
         return Decision(admitted, states, None if admitted else refused)

@@ -39,8 +39,10 @@ _FORWARDING = frozenset(
 )
 # request headers the gateway consumes (the credential; an Expect the gateway's server has
 # already answered, which an upstream that ignores it would otherwise stall on) or
-# recomputes (host, length)
-_CONSUMED = frozenset({"host", "x-api-key", "content-length", "expect"})
+# recomputes (host, length, the trace context: gateway/trace.py)
+_CONSUMED = frozenset(
+    {"host", "x-api-key", "content-length", "expect", "traceparent", "tracestate"}
+)
 # one set lookup per header on the hot path instead of three
 _NEVER_UP = HOP_BY_HOP | _FORWARDING | _CONSUMED
 

@@ -9,6 +9,28 @@
 -- Returns {admitted (1|0), refused index (0-based, -1 if admitted), then per charge:
 -- exact key, used (after, if admitted), reset epoch (-1 for a gauge), package units and
 -- overage units of the window (after, if admitted)}.
+--
+-- Late decisions apply nothing (issue 17). The LAST THREE ARGV, after every charge's fields,
+-- are: deadline (Redis epoch seconds, 0: none), decision id ("": unguarded), marker ttl (ms).
+-- The decision's marker key is <account hash tag part of KEYS[1]> .. ":d:" .. id, as
+-- keys.decision_key builds it. The script returns {-1} and changes nothing when Redis TIME
+-- is past the deadline (the gateway has given up by then) or when the marker already
+-- exists (the gateway voided this id after giving up; void.lua). Otherwise, once the
+-- decision is admitted, the marker records the `now` it was decided at, so void.lua can
+-- find and undo it if the gateway never read the answer. Redis runs this script and
+-- void.lua one at a time, so exactly one of them wins.
+local guard_deadline = tonumber(ARGV[#ARGV - 2])
+local guard_id = ARGV[#ARGV - 1]
+local guard_marker = nil
+if guard_id ~= "" then
+  guard_marker = string.match(KEYS[1], "^gw:{.-}") .. ":d:" .. guard_id
+  if redis.call("EXISTS", guard_marker) == 1 then return {-1} end
+  if guard_deadline > 0 then
+    local t = redis.call("TIME")
+    if tonumber(t[1]) + tonumber(t[2]) / 1000000 > guard_deadline then return {-1} end
+  end
+end
+
 local now = clock_now()
 local source_ttl = tonumber(ARGV[2])
 local n = #KEYS
@@ -67,6 +89,10 @@ if refused < 0 then
       if new_day and history_ttl > 0 then redis.call("EXPIRE", day, history_ttl) end
     end
   end
+end
+-- Late decisions (see the top): an admitted guarded decision leaves its marker.
+if guard_marker and refused < 0 then
+  redis.call("SET", guard_marker, string.format("%.17g", now), "PX", tonumber(ARGV[#ARGV]))
 end
 local out = {refused < 0 and 1 or 0, refused}
 for i = 1, n do
