@@ -93,14 +93,12 @@ class GuardedStore:
 
     # -- state ------------------------------------------------------------------------------
 
-    async def start(self, *, required: bool = False) -> None:
-        """Ping the store once before serving. If it does not answer: raise StoreUnavailable
-        when ``required``, else log it once and start degraded, probing with backoff."""
+    async def start(self) -> None:
+        """Ping the store once before serving; if it does not answer, say so once and start
+        degraded, probing with backoff (``require_store`` refuses to start instead: server)."""
         try:
             await self.inner.ping()
         except StoreUnavailable as exc:
-            if required:
-                raise
             self._trip(exc, when="at start")
 
     def _trip(self, exc: StoreUnavailable, *, when: str = "") -> None:
