@@ -42,6 +42,7 @@ class Entry:
     tier: str | None = None
     route: str | None = None
     meters: Sequence[tuple[str, int]] = ()  # (meter, cost) consumed; rendered only when logged
+    refunded: Sequence[tuple[str, int]] = ()  # the part of ``meters`` given back afterwards
     shadow: list[str] = field(default_factory=list)  # refusals a shadow mode let through
     upstream_seconds: float | None = None
     trace: TraceContext | None = None  # the W3C trace this request belongs to
@@ -58,6 +59,7 @@ class Entry:
             "tier": self.tier,
             "route": self.route,
             "meters": [{"meter": meter, "cost": cost} for meter, cost in self.meters],
+            "refunded": [{"meter": meter, "cost": cost} for meter, cost in self.refunded],
             "decision": decision,
             "shadow": self.shadow or None,
             "status": status,

@@ -215,6 +215,11 @@ def proxy_app(gateway: Gateway) -> web.Application:
         max_body_bytes=settings.limits.max_body_bytes,
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
+        body_timeout=settings.limits.body_timeout_seconds,
+        body_idle=settings.limits.body_idle_seconds,
+        write_timeout=settings.client_write_seconds,
+        strip_headers=settings.method_override_headers,
+        pool_size=settings.upstream_max_connections,
         trusted_proxies=settings.trusted_proxies,
         metrics=gateway.metrics,
     )
@@ -230,6 +235,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         metrics=gateway.metrics,
         clock=gateway.clock,
         handlers=handlers,
+        max_header_block=settings.limits.max_header_block_bytes,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404
@@ -237,7 +243,15 @@ def proxy_app(gateway: Gateway) -> web.Application:
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # one session (and connection pool) for the whole app, never one per request
-        connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0)
+        # an idle pooled connection is closed before the upstream's own keep-alive timeout
+        # could close it under a request being written (0: never reuse one)
+        idle = settings.pool_idle_seconds
+        connector = aiohttp.TCPConnector(
+            limit=settings.upstream_max_connections,
+            limit_per_host=0,
+            force_close=idle == 0,
+            keepalive_timeout=idle if idle > 0 else None,
+        )
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,

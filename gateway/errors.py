@@ -11,6 +11,7 @@
     ├── UpstreamUnavailable         502: the upstream refused or reset the connection
     ├── UpstreamTimeout             504: the upstream did not answer in time
     ├── StoreUnavailable            503: the store could not decide within its budget
+    ├── GatewayBusy                 503: every upstream connection is relaying a response
     ├── PolicyInvalid               422: a policy reload refused (the old policy stays)
     └── PolicyRefusal               a decision of the policy, body from the policy's templates
         ├── QuotaExceeded           a meter would go over its limit (429 by default)
@@ -132,6 +133,15 @@ class StoreUnavailable(GatewayError):
     status = 503
     code = "STORE_UNAVAILABLE"
     outcome = "store_unavailable"
+
+
+class GatewayBusy(GatewayError):
+    """No pooled upstream connection came free in time: all are relaying responses (to
+    clients that read slowly), so the wait is the gateway's, not the upstream's."""
+
+    status = 503
+    code = "GATEWAY_BUSY"
+    outcome = "gateway_busy"
 
 
 class PolicyRefusal(GatewayError):

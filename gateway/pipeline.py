@@ -11,19 +11,20 @@ from multidict import CIMultiDictProxy
 
 from gateway.accesslog import ENTRY, REQUEST_ID_HEADER, Entry
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import NotFound, PolicyRefusal, Unauthenticated
+from gateway.errors import HeadersTooLarge, NotFound, PolicyRefusal, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
 from gateway.metering.reported import USAGE_HEADER, Reported, parse_usage
-from gateway.metering.store import Decision
+from gateway.metering.store import Charge, Decision, MeterState
+from gateway.metering.stream import StreamedCharge
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy, Route, Tier
 from gateway.proxy import headers as identity_headers
-from gateway.proxy.forward import Forwarder, relay
-from gateway.proxy.path import canonical_path
+from gateway.proxy.forward import Delivery, Forwarder, relay
+from gateway.proxy.path import canonical_path, encode_path
 
 # request-scoped labels the error boundary reads for metrics
 ROUTE_LABEL = web.RequestKey("gateway.route", str)
@@ -42,6 +43,7 @@ class Pipeline:
         metrics: Metrics,
         clock: Clock,
         handlers: Mapping[str, LocalHandler] | None = None,
+        max_header_block: int = 64 * 1024,
     ) -> None:
         self._handlers = dict(handlers or {})
         self._policy = policy
@@ -50,21 +52,32 @@ class Pipeline:
         self._forwarder = forwarder
         self._metrics = metrics
         self._clock = clock
+        self._max_header_block = max_header_block
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        # aiohttp bounds each header line and their number, not the block: 100 lines of
+        # 8 KB would all be forwarded
+        if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > self._max_header_block:
+            raise HeadersTooLarge(
+                f"the request headers are larger than {self._max_header_block} bytes"
+            )
         # One policy for the whole request, even if a reload lands halfway through it.
         policy = self._policy.current
         path, encoded = canonical_path(request.raw_path.partition("?")[0])
-        matched = policy.match(request.method, path)
+        matched = policy.resolve(request.method, path)
         if matched is None:
             raise NotFound(f"no route for {request.method} {path}")
-        route, params = matched
+        route, params = matched.route, matched.params
+        if matched.path != path:
+            # a lenient route's variant spelling goes up spelled as the pattern is
+            path, encoded = matched.path, encode_path(matched.path)
         request[ROUTE_LABEL] = route.name
         entry = request.get(ENTRY) or Entry("-", self._clock.now(), request.method, path)
         entry.route = route.name
 
         identity: Identity | None = None
         decision: Decision | None = None
+        streamed: StreamedCharge | None = None
         costs: tuple[tuple[str, int], ...] = route.consume
         if route.auth:
             credential = credential_from(request.headers)
@@ -80,6 +93,9 @@ class Pipeline:
             except PolicyRefusal as gate:
                 self._shadow_or_raise(policy, tier, route, entry, gate)
             costs = decide.request_costs(route, request.content_length)
+            chunked = request.content_length is None and request.body_exists
+            if route.body_meter is not None and chunked:  # charged as it flows, never free
+                streamed = self._streamed_charge(policy, tier, route, identity, entry)
             if costs:
                 charges = decide.charges(
                     policy, tier, identity.account_id, entry.project_id, costs, identity
@@ -121,16 +137,31 @@ class Pipeline:
         else:
             drop_authorization = _carries_gateway_key(policy, request.headers)
         answered = False
+        delivery = Delivery()
         started = time.perf_counter()
         try:
             async with self._forwarder.open(
-                request, encoded, inject=inject, drop_authorization=drop_authorization
+                request,
+                encoded,
+                inject=inject,
+                drop_authorization=drop_authorization,
+                delivery=delivery,
+                body_meter=streamed,
             ) as upstream:
                 answered = True
                 entry.upstream_seconds = time.perf_counter() - started
                 ok = 200 <= upstream.status < 300
                 await self._settle(
-                    policy, identity, route, params, decision, costs, answered=True, ok=ok
+                    policy,
+                    identity,
+                    route,
+                    params,
+                    decision,
+                    costs,
+                    delivered=True,
+                    ok=ok,
+                    streamed=streamed,
+                    entry=entry,
                 )
                 states = decision.states if decision is not None else ()
                 extra = decide.rate_limit_headers(states, self._clock.now())
@@ -139,19 +170,47 @@ class Pipeline:
                     extra = {DEGRADED_HEADER: "fail-open"}
                 extra[REQUEST_ID_HEADER] = entry.request_id
                 reported = parse_usage(policy, upstream.headers.get(USAGE_HEADER))
-                response = await relay(request, upstream, extra)
+                response = await relay(
+                    request, upstream, extra, write_timeout=self._forwarder.write_timeout
+                )
         except Exception:
-            # whatever stopped the forward before the upstream answered (refused, too slow,
-            # a body too large, broken or stalled) leaves nothing consumed that it should not
+            # Whatever stopped the forward before the upstream answered (refused, too slow,
+            # a body too large, broken or stalled) gives back live counts; calls are given
+            # back only if the upstream provably never received the request.
             if not answered:
                 await self._settle(
-                    policy, identity, route, params, decision, costs, answered=False, ok=False
+                    policy,
+                    identity,
+                    route,
+                    params,
+                    decision,
+                    costs,
+                    delivered=delivery.sent,
+                    ok=False,
+                    streamed=streamed,
+                    entry=entry,
                 )
             raise
         if identity is not None and reported:
             # after the client has its response: the upstream already did the work
             await self._record_usage(policy, identity, route, params, reported)
         return response
+
+    def _streamed_charge(
+        self, policy: Policy, tier: Tier, route: Route, identity: Identity, entry: Entry
+    ) -> StreamedCharge:
+        assert route.body_meter is not None
+        charge = decide.charges(
+            policy, tier, identity.account_id, entry.project_id, [(route.body_meter, 0)], identity
+        )[0]
+
+        def refuse(charge: Charge, state: MeterState) -> None:
+            refusal = decide.quota_refusal(policy, tier, route, charge, state, self._clock.now())
+            self._shadow_or_raise(policy, tier, route, entry, refusal)
+
+        return StreamedCharge(
+            self._store, identity.account_id, charge, tier.store_failure_mode, refuse
+        )
 
     def _shadow_or_raise(
         self, policy: Policy, tier: Tier, route: Route, entry: Entry, refusal: PolicyRefusal
@@ -190,9 +249,10 @@ class Pipeline:
                 params,
                 decision,
                 costs,
-                answered=True,
+                delivered=True,
                 ok=ok,
                 freed=context.released,
+                entry=request.get(ENTRY),
             )
         states = decision.states if decision is not None else ()
         response.headers.update(decide.rate_limit_headers(states, self._clock.now()))
@@ -207,25 +267,40 @@ class Pipeline:
         decision: Decision | None,
         costs: tuple[tuple[str, int], ...],
         *,
-        answered: bool,
+        delivered: bool,
         ok: bool,
         freed: Sequence[tuple[str, int]] = (),
+        streamed: StreamedCharge | None = None,
+        entry: Entry | None = None,
     ) -> None:
-        """Give back what the request should not keep; free live resources a delete removed."""
+        """Give back what the request should not keep; free live resources a delete removed.
+
+        A call is refunded only when the upstream provably never received it (``delivered``
+        false: the connection was refused or not made); once a byte may have reached it, the
+        upstream may have done the work, and a 502 or 504 stays charged."""
         if identity is None:
             return
         giveback: list[tuple[str, int]] = []
+        refunded: list[tuple[str, int]] = []
         if decision is not None:
             for (name, cost), state in zip(costs, decision.states, strict=True):
                 meter = policy.meters.get(name)
                 if meter is None:
                     continue
-                # a live count rises only when the upstream created the thing (2xx);
-                # a call the upstream never received is refunded
+                # a live count rises only when the upstream created the thing (2xx)
                 if (meter.kind == "gauge" and not ok) or (
-                    meter.kind == "counter" and not answered and route.refund == "unanswered"
+                    meter.kind == "counter" and not delivered and route.refund == "unanswered"
                 ):
                     giveback.append((state.key, cost))
+                    refunded.append((name, cost))
+        if streamed is not None:
+            if entry is not None and streamed.total:
+                entry.meters = (*entry.meters, (route.body_meter or "", streamed.total))
+            if not ok and (items := streamed.giveback()):
+                giveback.extend(items)
+                refunded.append((route.body_meter or "", streamed.total))
+        if entry is not None and refunded:
+            entry.refunded = refunded
         if ok and (route.release or freed):
             tier = policy.tier(identity.tier)
             project_id = decide.project_scope(route, identity, params)

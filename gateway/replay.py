@@ -146,9 +146,9 @@ async def _decide(
     pipeline would, with the logged status standing for the upstream's answer."""
     try:
         path, _ = canonical_path(str(entry.get("path")))
+        matched = policy.match(str(entry.get("method")), path)
     except GatewayError:
         return None
-    matched = policy.match(str(entry.get("method")), path)
     if matched is None or not matched[0].auth:
         return None
     route = matched[0]
@@ -161,6 +161,15 @@ async def _decide(
     status = int(entry.get("status") or 0)
     ok = 200 <= status < 300
     answered = entry.get("decision") not in _UNANSWERED
+    if isinstance(logged := entry.get("refunded"), list):
+        # the gateway logged what it gave back: a 502/504 whose request may have reached the
+        # upstream stays charged
+        answered = not any(
+            isinstance(item, dict)
+            and policy.meters.get(str(item.get("meter"))) is not None
+            and policy.meters[str(item.get("meter"))].kind == "counter"
+            for item in logged
+        )
     giveback: list[tuple[str, int]] = []
     if route.consume:
         charges = decide.charges(policy, tier, account_id, project_id, route.consume)

@@ -136,6 +136,13 @@ class Limits:
     max_header_bytes: int = 8190  # one header line; aiohttp's own default
     max_headers: int = 100
     header_timeout_seconds: float = 15.0
+    # the whole header block (names, values, separators): 100 lines of 8 KB each would pass
+    # the per-line bounds above; Envoy's default is 60 KiB
+    max_header_block_bytes: int = 64 * 1024
+    # a proxied request body must arrive whole within body_timeout_seconds and may not go
+    # silent for longer than body_idle_seconds (a 1-byte-per-3-s trickle ends at the total)
+    body_timeout_seconds: float = 120.0
+    body_idle_seconds: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +201,19 @@ class Settings:
     upstreams: tuple[tuple[str, URL], ...] = (("/", URL("http://127.0.0.1:8000")),)
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
+    # a pooled upstream connection idle longer than this is closed, never reused: below the
+    # keep-alive timeouts of common upstreams (Node.js and uvicorn 5 s, nginx 75 s), so the
+    # gateway never writes a request on a connection the upstream is closing
+    pool_idle_seconds: float = 4.0
+    # the longest a client may leave a relayed response unread before both connections close
+    client_write_seconds: float = 60.0
+    # request headers that ask an upstream framework to treat the request as another method;
+    # stripped, since the gateway meters the method on the request line
+    method_override_headers: tuple[str, ...] = (
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    )
     upstream_max_connections: int = 512
     shutdown_grace_seconds: float = 30.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -239,6 +259,7 @@ KEYS: dict[str, frozenset[str]] = {
             "shutdown_grace_seconds",
             "accounts",
             "stripe",
+            "method_override_headers",
             "cors",
         }
     ),
@@ -268,7 +289,9 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "upstreams[]": frozenset({"prefix", "url"}),
-    "timeouts": frozenset({"connect_seconds", "read_seconds"}),
+    "timeouts": frozenset(
+        {"connect_seconds", "read_seconds", "pool_idle_seconds", "client_write_seconds"}
+    ),
     "secrets": frozenset({"admin_token_env"}),
     "jwt": frozenset(
         {
@@ -285,7 +308,15 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "limits": frozenset(
-        {"max_body_bytes", "max_header_bytes", "max_headers", "header_timeout_seconds"}
+        {
+            "max_body_bytes",
+            "max_header_bytes",
+            "max_headers",
+            "header_timeout_seconds",
+            "max_header_block_bytes",
+            "body_timeout_seconds",
+            "body_idle_seconds",
+        }
     ),
 }
 
@@ -367,6 +398,12 @@ def _from_file(path: str) -> Settings:
             values["connect_timeout_seconds"] = sub.number(minimum=0.001)
         if (sub := child.get("read_seconds")) is not None:
             values["read_timeout_seconds"] = sub.number(minimum=0.001)
+        if (sub := child.get("pool_idle_seconds")) is not None:
+            values["pool_idle_seconds"] = sub.number(minimum=0)
+        if (sub := child.get("client_write_seconds")) is not None:
+            values["client_write_seconds"] = sub.number(minimum=0.001)
+    if (child := node.get("method_override_headers")) is not None:
+        values["method_override_headers"] = tuple(item.str(max_len=200) for item in child.list())
     if (child := node.get("trusted_proxies")) is not None:
         values["trusted_proxies"] = tuple(
             _convert(item, lambda text: ipaddress.ip_network(text, strict=False))
@@ -495,11 +532,12 @@ def _jwt(node: Node, base: Path) -> JwtSettings:
 def _limits(node: Node) -> Limits:
     node.mapping(allowed=set(KEYS["limits"]))
     values: dict[str, Any] = {}
-    for key in ("max_body_bytes", "max_header_bytes", "max_headers"):
+    for key in ("max_body_bytes", "max_header_bytes", "max_headers", "max_header_block_bytes"):
         if (child := node.get(key)) is not None:
             values[key] = child.int(minimum=1)
-    if (child := node.get("header_timeout_seconds")) is not None:
-        values["header_timeout_seconds"] = child.number(minimum=0.1)
+    for key in ("header_timeout_seconds", "body_timeout_seconds", "body_idle_seconds"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.number(minimum=0.1)
     return Limits(**values)
 
 

@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
 from gateway.metering import decide
+from tests.adversarial import RawUpstream, Received, Reply
 from tests.conftest import GatewayFactory, Harness
 from tests.ops_policy import ops_policy, write_policy
 
@@ -122,26 +124,45 @@ async def test_a_changed_file_is_picked_up_by_the_watch(
 async def test_an_in_flight_request_settles_under_the_policy_it_started_with(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    gw = await _setup(make_gateway, tmp_path, read_timeout_seconds=0.3)
+    release = asyncio.Event()
+
+    async def hold(_: Received) -> Reply:
+        await release.wait()
+        return Reply()
+
+    raw = await RawUpstream(hold).start()
+    # one pooled connection: while the first request holds it, the second waits for it and
+    # gives up without ever reaching the upstream, so its call is refunded
+    gw = await _setup(
+        make_gateway,
+        tmp_path,
+        upstreams=(("/", URL(raw.url)),),
+        upstream_max_connections=1,
+        connect_timeout_seconds=2.0,
+    )
     account = await gw.account("free")
     headers = {"Authorization": f"Bearer {await gw.key(account, 'k_')}"}
-    gw.upstream.delay["/api/slow"] = 1.0
     old = gw.gateway.policy.current
     charges = decide.charges(old, old.tiers["free"], account, None, [("calls", 1)])
 
-    async def slow() -> int:
-        resp = await gw.client.get("/api/slow", headers=headers)
+    async def call(path: str) -> int:
+        resp = await gw.client.get(path, headers=headers)
         await resp.read()
         return resp.status
 
-    task = asyncio.create_task(slow())
+    holding = asyncio.create_task(call("/api/hold"))
+    await asyncio.wait_for(raw.arrived.wait(), 10)
+    waiting = asyncio.create_task(call("/api/waits"))
     async with asyncio.timeout(10):
-        while (await gw.gateway.store.peek(account, charges))[0].used != 1:
+        while (await gw.gateway.store.peek(account, charges))[0].used != 2:
             await asyncio.sleep(0.01)
     # the new policy has no `calls` meter: settling under it would refund nothing
     write_policy(tmp_path / "ops.yaml", ops_policy().replace("calls", "requests"))
     resp = await gw.admin.post("/admin/policy/reload", headers=gw.admin_headers)
     assert resp.status == 200
-    assert await task == 504
-    # the upstream never answered, so the old policy's call was given back
-    assert (await gw.gateway.store.peek(account, charges))[0].used == 0
+    assert await waiting == 504
+    release.set()
+    assert await holding == 200
+    await raw.close()
+    # the waiting request never reached the upstream, so the old policy's call was given back
+    assert (await gw.gateway.store.peek(account, charges))[0].used == 1

@@ -153,6 +153,7 @@ async def test_the_upstream_gets_the_clients_headers_and_only_ours_besides(
     # no aiohttp defaults (Accept, User-Agent, Accept-Encoding, Content-Type) filled in
     assert sorted({k.lower() for k in seen}) == [
         "host",
+        "traceparent",  # the gateway's hop of the trace (gateway/trace.py)
         "x-custom",
         "x-forwarded-for",
         "x-forwarded-host",

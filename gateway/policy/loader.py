@@ -15,6 +15,7 @@ from gateway.policy.model import (
     Feature,
     KeyType,
     Meter,
+    PathMatching,
     Policy,
     Route,
     Template,
@@ -89,6 +90,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
             "table",
             "billing",
             "shadow",
+            "path_matching",
         },
         required={"name", "default_tier", "meters", "tiers", "routes"},
     )
@@ -121,7 +123,8 @@ def _build(top: Node, file: str, digest: str) -> Policy:
     default_tier = default_node.str()
     if default_tier not in tiers:
         raise default_node.fail(f"unknown tier {default_tier!r}; tiers are: {', '.join(tiers)}")
-    routes = _routes(top.child("routes"), meters, features, tiers)
+    matching = path_matching(top.get("path_matching"), "strict")
+    routes = _routes(top.child("routes"), meters, features, tiers, matching)
     table = _table(top.get("table"), meters, features, tiers)
     billing_node = top.get("billing")
     billing = (
@@ -423,6 +426,43 @@ def compile_pattern(node: Node) -> tuple[re.Pattern[str], set[str]]:
     return re.compile("".join(parts)), params
 
 
+# what upstreams commonly ignore at the end of a segment: dots (Windows/IIS, some static
+# servers), blanks (``%20``, a no-break space) and invisible characters (zero-width, BOM)
+_LOOK_ALIKE_ENDING = r"[.\s\u200b-\u200d\u2060\ufeff]*"
+
+
+def loose_pattern(pattern: str) -> tuple[re.Pattern[str] | None, tuple[str, ...], bool]:
+    """The regex that also matches spellings an upstream may treat as ``pattern``.
+
+    Each literal segment matches in any case (``L<i>``) followed by a look-alike ending
+    (``E<i>``); the end takes an optional trailing slash (``S``) unless the pattern ends in
+    ``**``. Returns ``(regex or None, literal segments, pattern ends with '/')``; None when no
+    spelling other than the pattern's own is possible.
+    """
+    if pattern in ("/", "/**"):
+        return None, (), pattern == "/"
+    segments = pattern[1:].split("/")
+    slash = segments[-1] == ""
+    if slash:
+        segments.pop()
+    parts: list[str] = []
+    literals: list[str] = []
+    for segment in segments:
+        if segment == "**":
+            parts.append("(?:/.*)?")
+        elif segment == "*" or _PARAM.fullmatch(segment):
+            parts.append("/[^/]+")
+        else:
+            index = len(literals)
+            literals.append(segment)
+            parts.append(
+                f"/(?P<L{index}>(?i:{re.escape(segment)}))(?P<E{index}>{_LOOK_ALIKE_ENDING})"
+            )
+    if segments[-1] != "**":
+        parts.append("(?P<S>/?)")
+    return re.compile("".join(parts)), tuple(literals), slash
+
+
 def _costs(
     node: Node | None, meters: dict[str, Meter], *, gauges_only: bool = False
 ) -> tuple[tuple[str, int], ...]:
@@ -439,8 +479,18 @@ def _costs(
     return tuple(out)
 
 
+def path_matching(node: Node | None, default: PathMatching) -> PathMatching:
+    if node is None:
+        return default
+    return cast(PathMatching, node.str(choices=("strict", "lenient")))
+
+
 def _routes(
-    node: Node, meters: dict[str, Meter], features: dict[str, Feature], tiers: dict[str, Tier]
+    node: Node,
+    meters: dict[str, Meter],
+    features: dict[str, Feature],
+    tiers: dict[str, Tier],
+    matching: PathMatching = "strict",
 ) -> tuple[Route, ...]:
     routes: list[Route] = []
     names: set[str] = set()
@@ -460,6 +510,7 @@ def _routes(
                 "answer",
                 "body_meter",
                 "shadow",
+                "path_matching",
             },
             required={"name", "path"},
         )
@@ -477,6 +528,7 @@ def _routes(
             if not methods:
                 raise methods_node.fail("list at least one method, or leave methods out for any")
         regex, params = compile_pattern(item.child("path"))
+        loose, literals, slash = loose_pattern(item.child("path").value)
         auth_node = item.get("auth", True)
         assert auth_node is not None
         auth = auth_node.bool()
@@ -540,6 +592,10 @@ def _routes(
                 answer=answer,
                 body_meter=body_meter,
                 shadow=_shadow(item),
+                loose=loose,
+                literals=literals,
+                slash=slash,
+                path_matching=path_matching(item.get("path_matching"), matching),
             )
         )
     return tuple(routes)

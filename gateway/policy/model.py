@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from gateway.errors import BadRequest
+
 if TYPE_CHECKING:
     from gateway.policy.billing import Billing
 
@@ -16,6 +18,8 @@ Scope = Literal["account", "project"]
 Refund = Literal["unanswered", "never"]
 #: what a tier's requests get while the store is unreachable (see gateway/metering/guard.py)
 FailureMode = Literal["closed", "open"]
+#: how a path spelled differently from a route's literal segments is treated (see Route)
+PathMatching = Literal["strict", "lenient"]
 
 #: the decision kinds a response template can be chosen for
 DECISIONS = ("quota_exceeded", "feature_unavailable", "tier_forbidden")
@@ -90,6 +94,64 @@ class Route:
     # the storage limit is refused before it is forwarded (the upstream's report settles it)
     body_meter: str | None = None
     shadow: bool = False
+    # Upstreams (Express, Spring, Rails, ...) often route case-insensitively and ignore a
+    # trailing slash, so ``/api/Payments/x/`` is served as ``/api/payments/x``. ``loose``
+    # matches those spellings too (literal segments in any case, with a trailing dot or
+    # blank, an optional trailing slash) so such a variant can never fall through to a
+    # catch-all route: strict refuses it, lenient forwards it spelled as the pattern is.
+    # None when the pattern has nothing to spell differently (``/**``).
+    loose: re.Pattern[str] | None = None
+    literals: tuple[str, ...] = ()  # the pattern's literal segments, as loose's L<i> groups
+    slash: bool = False  # the pattern ends with '/'
+    path_matching: PathMatching = "strict"
+
+    def variant(self, path: str) -> tuple[str, bool] | None:
+        """``(canonical path, look-alike ending)`` when ``path`` is a spelling of this route
+        other than the pattern's own; None when it is no spelling of it at all."""
+        if self.loose is None:
+            return None
+        found = self.loose.fullmatch(path)
+        if found is None:
+            return None
+        parts: list[str] = []
+        done = 0
+        ending = False
+        for index, literal in enumerate(self.literals):
+            start = found.start(f"L{index}")
+            end = found.end(f"E{index}")
+            ending = ending or end > found.end(f"L{index}")
+            parts += (path[done:start], literal)
+            done = end
+        if "S" in self.loose.groupindex:
+            parts += (path[done : found.start("S")], "/" if self.slash else "")
+            done = found.end("S")
+        parts.append(path[done:])
+        return "".join(parts), ending
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The route a request is for, its path parameters and the path to forward (decoded)."""
+
+    route: Route
+    params: dict[str, str]
+    path: str
+
+
+class PathVariant(BadRequest):
+    """A path that differs from a route only by case, a trailing slash or a look-alike ending.
+
+    Refused rather than forwarded under another route: the upstream may well serve it as the
+    route it resembles, and the request would then escape that route's rules."""
+
+    code = "NON_CANONICAL_PATH"
+
+    def __init__(self, path: str, canonical: str, route: str) -> None:
+        super().__init__(
+            f"the path {path!r} is a variant of {canonical!r} (route {route}); "
+            "send the canonical path",
+            details={"path": path, "canonical_path": canonical, "route": route},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +187,37 @@ class Policy:
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The first route whose method and pattern match, with its path parameters."""
+        resolved = self.resolve(method, path)
+        return None if resolved is None else (resolved.route, resolved.params)
+
+    def resolve(self, method: str, path: str) -> Resolved | None:
+        """The first route ``path`` is for, exactly or as a variant spelling of its pattern.
+
+        Routes are tried in file order and the first one that matches either way decides, so
+        a variant of a specific route never reaches a later catch-all. A variant is refused
+        (``PathVariant``, a 400 naming the canonical path) unless the route is lenient; a
+        look-alike ending (``/payments./x``, ``/payments%20``) is refused either way.
+        """
         for route in self.routes:
             if route.methods is not None and method not in route.methods:
                 continue
+            # the loose pattern takes every spelling the exact one does: one regex per route
+            # that cannot match, two for the one that does
+            if route.loose is not None and route.loose.fullmatch(path) is None:
+                continue
             found = route.regex.fullmatch(path)
             if found is not None:
-                return route, found.groupdict()
+                return Resolved(route, found.groupdict(), path)
+            variant = route.variant(path)
+            if variant is None:
+                continue
+            canonical, ending = variant
+            if ending or route.path_matching == "strict":
+                raise PathVariant(path, canonical, route.name)
+            exact = route.regex.fullmatch(canonical)
+            if exact is None:  # the loader builds both from one pattern; never expected
+                raise PathVariant(path, canonical, route.name)
+            return Resolved(route, exact.groupdict(), canonical)
         return None
 
     def tier(self, name: str | None) -> Tier:

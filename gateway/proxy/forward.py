@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -16,13 +24,19 @@ from yarl import URL
 
 from gateway.errors import (
     BadRequest,
+    GatewayBusy,
+    GatewayError,
     PayloadTooLarge,
     RequestTimeout,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.metrics import Metrics
-from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
+from gateway.proxy.headers import (
+    downstream_response_headers,
+    header_family,
+    upstream_request_headers,
+)
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -75,6 +89,22 @@ class Upstreams:
         return None
 
 
+#: called with each request body chunk's size before the chunk goes upstream; raising a
+#: GatewayError stops the body there and answers with it (a streaming meter's refusal)
+BodyMeter = Callable[[int], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Delivery:
+    """Whether the upstream may have received the request, which decides any refund.
+
+    ``sent`` turns true when the forwarder starts sending and false again only when the
+    connection provably never carried a byte (refused, or not made in time): once a request
+    may have been written, the upstream may have acted on it, and the call stays charged."""
+
+    sent: bool = False
+
+
 class _BodyLimit(Exception):
     """Raised inside the upload stream when the body passes the limit."""
 
@@ -84,7 +114,15 @@ class _BodyBroken(Exception):
 
 
 class _BodyStalled(Exception):
-    """Raised inside the upload stream when the client goes silent mid-body."""
+    """Raised inside the upload stream when the client goes silent mid-body or is too slow."""
+
+
+class _BodyRefused(Exception):
+    """Raised inside the upload stream when the body meter refuses a chunk."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _Observed:
@@ -105,6 +143,11 @@ class Forwarder:
         max_body_bytes: int,
         connect_timeout: float,
         read_timeout: float,
+        body_timeout: float = 120.0,
+        body_idle: float = 15.0,
+        write_timeout: float = 60.0,
+        strip_headers: Iterable[str] = (),
+        pool_size: int = 0,
         trusted_proxies: Sequence[IpNetwork] = (),
         metrics: Metrics,
     ) -> None:
@@ -113,9 +156,17 @@ class Forwarder:
         # labelled by path prefix: bounded by the config, and free of any credentials in URLs
         self._observed = {u.prefix: _Observed(metrics, u.prefix) for u in upstreams}
         self._max_body = max_body_bytes
-        # the longest either side may go silent mid-exchange: the upstream before answering
-        # or between body chunks, the client between chunks of its body
-        self._body_idle = read_timeout
+        # a client may neither go silent mid-body nor trickle it forever, and must read
+        # what it asked for: each holds a handler and an upstream connection
+        self._body_idle = body_idle
+        self._body_total = body_timeout
+        self.write_timeout = write_timeout
+        self._strip = frozenset(header_family(name) for name in strip_headers)
+        # responses being relayed, each holding a pooled connection: when they fill the pool,
+        # a request that waited for a connection in vain is the gateway's busyness, not the
+        # upstream's slowness
+        self._pool_size = pool_size
+        self._relaying = 0
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=connect_timeout,
@@ -126,6 +177,13 @@ class Forwarder:
 
     def attach(self, session: aiohttp.ClientSession) -> None:
         """Use ``session`` (opened when the app starts) for every upstream request."""
+        # aiohttp re-sends a GET/PUT/DELETE/... once, silently, when the connection breaks
+        # before the response: the upstream may then act twice on what the client sent
+        # once, and be paid once. It has no public switch; refuse to run where the private
+        # one is gone rather than run with the re-send (tests/test_adversarial_delivery.py).
+        if not hasattr(session, "_retry_connection"):
+            raise RuntimeError("this aiohttp cannot turn off its re-send of idempotent requests")
+        session._retry_connection = False
         self._session = session
 
     @asynccontextmanager
@@ -136,12 +194,16 @@ class Forwarder:
         *,
         inject: Mapping[str, str],
         drop_authorization: bool,
+        delivery: Delivery,
+        body_meter: BodyMeter | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send the request upstream and yield the response once its headers have arrived.
+        """Send the request upstream, at most once, and yield the response once its headers
+        have arrived.
 
         ``path`` is the canonical encoded path, the one the route was matched on. Only the
         sending is translated into gateway errors: whatever the caller does with the yielded
         response (relaying it to a client that may vanish) keeps its own exceptions.
+        ``delivery`` tells the caller afterwards whether the upstream may have received it.
         """
         upstream = self._upstreams.pick(path)
         if upstream is None:
@@ -150,12 +212,15 @@ class Forwarder:
         if declared is not None and declared > self._max_body:
             raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes")
         headers = upstream_request_headers(
-            request.headers, drop_authorization=drop_authorization, inject=inject
+            request.headers,
+            drop_authorization=drop_authorization,
+            inject=inject,
+            strip=self._strip,
         )
         self._forwarding_headers(request, headers)
         data = None
         if request.body_exists:
-            data = self._limited(request)
+            data = self._limited(request, body_meter)
             if declared is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(declared)
         if self._session is None:
@@ -163,6 +228,7 @@ class Forwarder:
         url = upstream.url_for(path, request.raw_path.partition("?")[2])
         observed = self._observed[upstream.prefix]
         started = time.perf_counter()
+        delivery.sent = True
         try:
             response = await self._session.request(
                 request.method,
@@ -174,9 +240,24 @@ class Forwarder:
                 compress=False,
                 chunked=None,
             )
+        except aiohttp.ConnectionTimeoutError as exc:
+            # no connection in time (pool slot or connect): not a byte was written
+            delivery.sent = False
+            if self._pool_size and self._relaying >= self._pool_size:
+                raise GatewayBusy(
+                    "every upstream connection is busy relaying a response; try again",
+                    headers={"Retry-After": "1"},
+                ) from exc
+            observed.timeout.inc()
+            raise UpstreamTimeout("the upstream did not accept a connection in time") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
             observed.timeout.inc()
             raise UpstreamTimeout("the upstream did not answer in time") from exc
+        except aiohttp.ClientConnectorError as exc:
+            # refused, unreachable, or the TLS handshake failed: nothing was written
+            delivery.sent = False
+            observed.refused.inc()
+            raise UpstreamUnavailable("the upstream refused the connection") from exc
         except aiohttp.ClientError as exc:
             # aiohttp wraps what the upload stream raised: those are the client's doing, and
             # must not count against the upstream
@@ -185,12 +266,13 @@ class Forwarder:
             if isinstance(exc.__cause__, _BodyBroken):
                 raise BadRequest("the request body broke off before it was complete") from exc
             if isinstance(exc.__cause__, _BodyStalled):
-                raise RequestTimeout(
-                    f"the request body stalled for {self._body_idle} seconds"
-                ) from exc
+                raise RequestTimeout(str(exc.__cause__)) from exc
+            if isinstance(exc.__cause__, _BodyRefused):
+                raise exc.__cause__.error from exc
             observed.refused.inc()
-            raise UpstreamUnavailable("the upstream refused or dropped the connection") from exc
+            raise UpstreamUnavailable("the upstream dropped the connection") from exc
         observed.seconds.observe(time.perf_counter() - started)
+        self._relaying += 1
         try:
             yield response
         except UpstreamBroken:
@@ -198,20 +280,33 @@ class Forwarder:
             raise
         finally:
             # back to the pool when the body was read to the end, closed otherwise
+            self._relaying -= 1
             response.release()
 
-    async def _limited(self, request: web.Request) -> AsyncIterator[bytes]:
+    async def _limited(
+        self, request: web.Request, body_meter: BodyMeter | None
+    ) -> AsyncIterator[bytes]:
         seen = 0
         content = request.content
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._body_total
         while True:
             try:
                 # A client may not hold a handler and an upstream connection open by going
-                # quiet mid-body; nor can a chunked body aiohttp's parser gave up on, whose
-                # reader is never told and would wait forever.
-                async with asyncio.timeout(self._body_idle):
+                # quiet mid-body, nor by trickling it (the deadline is for the whole body);
+                # nor can a chunked body aiohttp's parser gave up on, whose reader is never
+                # told and would wait forever.
+                idle = loop.time() + self._body_idle
+                async with asyncio.timeout_at(min(idle, deadline)):
                     chunk = await content.readany()
             except TimeoutError as exc:
-                raise _BodyStalled from exc
+                if loop.time() >= deadline:
+                    raise _BodyStalled(
+                        f"the request body did not arrive within {self._body_total} seconds"
+                    ) from exc
+                raise _BodyStalled(
+                    f"the request body stalled for {self._body_idle} seconds"
+                ) from exc
             except Exception as exc:  # a disconnect or a malformed body
                 raise _BodyBroken from exc
             if not chunk:
@@ -220,6 +315,12 @@ class Forwarder:
             if seen > self._max_body:
                 # the upstream never receives a byte past the limit
                 raise _BodyLimit
+            if body_meter is not None:
+                try:
+                    await body_meter(len(chunk))
+                except GatewayError as exc:
+                    # charged before it is sent: the upstream never gets an unpaid byte
+                    raise _BodyRefused(exc) from exc
             yield chunk
 
     def _forwarding_headers(self, request: web.Request, headers: CIMultiDict[str]) -> None:
@@ -273,19 +374,43 @@ class ClientGone(StreamCut):
     outcome = "client_disconnected"
 
 
+class ClientStalled(ClientGone):
+    """The client stopped reading the response; both connections were closed."""
+
+    outcome = "client_stalled"
+
+
 async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     extra_headers: Mapping[str, str],
+    *,
+    write_timeout: float = 60.0,
 ) -> web.StreamResponse:
-    """Stream the upstream's status, headers and bytes to the client, untouched."""
+    """Stream the upstream's status, headers and bytes to the client, untouched.
+
+    A client that accepts no bytes for ``write_timeout`` seconds loses its connection, and
+    the upstream connection is closed too (never pooled half-read), so a reader that stalls
+    cannot hold a connection from the pool for ever."""
     headers = downstream_response_headers(upstream.headers)
     headers.update(extra_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    try:
-        await response.prepare(request)
-    except ConnectionError as exc:
-        raise ClientGone("the client went away before the response", response) from exc
+
+    async def send(write: Awaitable[object], when: str) -> None:
+        try:
+            async with asyncio.timeout(write_timeout):
+                await write
+        except TimeoutError as exc:
+            upstream.close()
+            if request.transport is not None:
+                request.transport.abort()
+            raise ClientStalled(
+                f"the client read nothing for {write_timeout} seconds {when}", response
+            ) from exc
+        except ConnectionError as exc:
+            raise ClientGone(f"the client went away {when}", response) from exc
+
+    await send(response.prepare(request), "before the response")
     request[HEADERS_SENT] = time.perf_counter()
     # Read and write are told apart: a failed read is the upstream's fault, a failed write
     # the client's, and each is finished differently.
@@ -300,12 +425,6 @@ async def relay(
             raise UpstreamBroken(f"the upstream failed mid-body: {exc!r}", response) from exc
         if not chunk:
             break
-        try:
-            await response.write(chunk)
-        except ConnectionError as exc:
-            raise ClientGone("the client went away mid-body", response) from exc
-    try:
-        await response.write_eof()
-    except ConnectionError as exc:
-        raise ClientGone("the client went away at the end of the body", response) from exc
+        await send(response.write(chunk), "mid-body")
+    await send(response.write_eof(), "at the end of the body")
     return response

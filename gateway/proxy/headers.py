@@ -47,10 +47,16 @@ _CONSUMED = frozenset(
 _NEVER_UP = HOP_BY_HOP | _FORWARDING | _CONSUMED
 
 
+def header_family(name: str) -> str:
+    """A header name as CGI/WSGI, PHP and Rack upstreams see it: case-folded, ``_`` and ``-``
+    alike (both become ``HTTP_X_GATEWAY_ACCOUNT``), so ``X_Gateway_Account`` is ours too."""
+    return name.lower().replace("_", "-")
+
+
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     named: set[str] = set()
     for value in headers.getall(hdrs.CONNECTION, ()):
-        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+        named.update(header_family(token.strip()) for token in value.split(",") if token.strip())
     return named
 
 
@@ -59,19 +65,23 @@ def upstream_request_headers(
     *,
     drop_authorization: bool,
     inject: Mapping[str, str],
+    strip: frozenset[str] = frozenset(),
 ) -> CIMultiDict[str]:
     """The headers to send upstream: strip first (hop-by-hop, Connection-named, identity,
-    forwarding, the credential), inject last, so nothing a client sent can survive as ours."""
-    named = _connection_named(incoming)
+    forwarding, the credential, ``strip``: method overrides), inject last, so nothing a client
+    sent can survive as ours. Names are compared by ``header_family``, ``_`` as ``-``."""
+    named = _connection_named(incoming) if hdrs.CONNECTION in incoming else ()
     out: CIMultiDict[str] = CIMultiDict()
     spelling: dict[str, str] = {}
     for name, value in incoming.items():
         lower = name.lower()
+        family = lower.replace("_", "-") if "_" in lower else lower
         if (
-            lower in _NEVER_UP
-            or lower in named
-            or lower.startswith(IDENTITY_PREFIX)
-            or (drop_authorization and lower == "authorization")
+            family in _NEVER_UP
+            or family in named
+            or family in strip
+            or family.startswith(IDENTITY_PREFIX)
+            or (drop_authorization and family == "authorization")
         ):
             continue
         # a repeated name is sent with its first spelling: aiohttp's client keeps only the

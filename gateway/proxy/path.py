@@ -54,8 +54,12 @@ def canonical_path(raw_path: str) -> tuple[str, str]:
         segments.append(segment)
     trailing = raw_path.endswith("/") and bool(segments)
     decoded = "/" + "/".join(segments) + ("/" if trailing else "")
-    encoded = "/" + "/".join(quote(s, safe=_SAFE) for s in segments) + ("/" if trailing else "")
-    return decoded, encoded
+    return decoded, encode_path(decoded)
+
+
+def encode_path(decoded: str) -> str:
+    """The encoded form of a canonical decoded path: each segment escaped for the wire."""
+    return "/".join(quote(s, safe=_SAFE) for s in decoded.split("/"))
 
 
 def _already_canonical(raw_path: str) -> bool:
