@@ -43,11 +43,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("quota-gateway")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
+class _Version(argparse.Action):
+    """--version, looked up only when asked for: reading the installed metadata costs every
+    other command a scan of sys.path."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        try:
+            version = importlib.metadata.version("quota-gateway")
+        except importlib.metadata.PackageNotFoundError:  # a checkout never installed
+            version = "unknown"
+        print(f"{parser.prog} {version}")
+        parser.exit()
 
 
 Subparsers = Any  # argparse's _SubParsersAction, which it does not export
@@ -67,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway", description="A quota-enforcing API gateway.", formatter_class=_HelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     defaults = Settings()
 
