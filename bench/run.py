@@ -21,7 +21,7 @@ from bench.load import Result, run
 from tests.redis_servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_TOKEN = "bench-admin-token-0123456789"
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdefghij"
 PATH = "/api/logic/bench"
 
 

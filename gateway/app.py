@@ -18,6 +18,7 @@ from gateway.api.admin import AdminApi, admin_guard
 from gateway.api.admin_accounts import AdminAccountsApi
 from gateway.api.admin_policy import AdminPolicyApi
 from gateway.api.billing import BillingApi
+from gateway.api.body import BODY_DEADLINES, BodyDeadlines
 from gateway.api.local import LocalHandler, check_handlers
 from gateway.api.ops import OpsApi
 from gateway.api.projects import ProjectsApi
@@ -43,7 +44,10 @@ from gateway.pipeline import OUTCOME_LABEL, Pipeline
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.policy.reload import Reloader, read_policy
+from gateway.proxy.expect import defer_continue
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
+from gateway.proxy.pool import Pool, PoolSettings, Target
+from gateway.proxy.websocket import TunnelLimits, WebSocketTunnel
 from gateway.settings import Settings
 
 
@@ -112,6 +116,7 @@ def build_gateway(
     registry: CollectorRegistry | None = None,
 ) -> Gateway:
     clock = clock or SystemClock()
+    settings.admin_token()  # a token too short to guard the admin API stops the start here
     policy, text = read_policy(settings.policy)
     metrics = Metrics(registry or CollectorRegistry())
     holder = PolicyHolder(policy, clock.now())
@@ -127,7 +132,9 @@ def build_gateway(
         metrics=metrics,
     )
     cache = IdentityCache(
-        max_entries=settings.identity_cache_entries, ttl=settings.identity_cache_ttl_seconds
+        max_entries=settings.identity_cache_entries,
+        ttl=settings.identity_cache_ttl_seconds,
+        metrics=metrics,
     )
     accounts = Registry(store, clock, cache)
     sessions = Sessions(store, clock, ttl_seconds=settings.accounts.session_ttl_seconds)
@@ -193,6 +200,22 @@ def billing_api(gateway: Gateway) -> BillingApi:
     )
 
 
+def build_upstreams(settings: Settings) -> Upstreams:
+    """Every prefix's pool: the configured targets, or one target for a plain ``url`` (never
+    ejected, no breaker: with nothing to fail over to, the caller gets the upstream's own
+    errors)."""
+    pools = {pool.prefix: pool for pool in settings.pools}
+    built = []
+    for prefix, url in settings.upstreams:
+        pool = pools.get(prefix)
+        if pool is None:
+            built.append(Upstream(prefix, Pool([Target(url)], PoolSettings(eject_after=0))))
+        else:
+            targets = [Target(target, weight=weight) for target, weight in pool.targets]
+            built.append(Upstream(prefix, Pool(targets, pool.settings)))
+    return Upstreams(built)
+
+
 def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     log = AccessLog(settings.access_log) if settings.access_log else None
@@ -208,7 +231,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
     app[GATEWAY] = gateway
-    upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
+    app[BODY_DEADLINES] = body_deadlines(settings)
+    upstreams = build_upstreams(settings)
 
     forwarder = Forwarder(
         upstreams,
@@ -223,6 +247,15 @@ def proxy_app(gateway: Gateway) -> web.Application:
         trusted_proxies=settings.trusted_proxies,
         metrics=gateway.metrics,
     )
+    tunnel = WebSocketTunnel(
+        forwarder,
+        TunnelLimits(
+            idle_seconds=settings.websocket.idle_seconds,
+            max_seconds=settings.websocket.max_seconds,
+            max_message_bytes=settings.websocket.max_message_bytes,
+            connect_seconds=settings.connect_timeout_seconds,
+        ),
+    )
     stripe = StripeClient(settings.stripe)
     handlers = local_handlers(gateway, stripe)
     check_handlers(gateway.policy.current, handlers)
@@ -235,11 +268,12 @@ def proxy_app(gateway: Gateway) -> web.Application:
         metrics=gateway.metrics,
         clock=gateway.clock,
         handlers=handlers,
+        websockets=tunnel,
         max_header_block=settings.limits.max_header_block_bytes,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404
-    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle)
+    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle, expect_handler=defer_continue)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # one session (and connection pool) for the whole app, never one per request
@@ -264,10 +298,18 @@ def proxy_app(gateway: Gateway) -> web.Application:
         tasks = [asyncio.create_task(follow(gateway.store, gateway.registry.cache))]
         # a reload asked of any worker, or a changed file, reaches this worker through these
         tasks.append(asyncio.create_task(gateway.reloader.follow(gateway.store)))
+        if settings.store_probe_seconds > 0:
+            tasks.append(asyncio.create_task(gateway.store.watch(settings.store_probe_seconds)))
         if settings.policy_watch_seconds > 0:
             tasks.append(asyncio.create_task(gateway.reloader.watch(settings.policy_watch_seconds)))
         if gateway.jwks is not None:
             tasks.append(asyncio.create_task(gateway.jwks.run()))
+        # active health checks of upstream pools that configure them
+        tasks.extend(
+            asyncio.create_task(u.pool.watch(session))
+            for u in upstreams
+            if u.pool.settings.health_path is not None
+        )
         if log is not None:
             log.open()
         async with stripe.opened():
@@ -291,7 +333,8 @@ def admin_app(gateway: Gateway) -> web.Application:
         ]
     )
     app[GATEWAY] = gateway
-    ops = OpsApi(store=gateway.store, metrics=gateway.metrics)
+    app[BODY_DEADLINES] = body_deadlines(gateway.settings)
+    ops = OpsApi(store=gateway.store, metrics=gateway.metrics, workers=gateway.settings.workers)
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
     accounts = AdminAccountsApi(
         policy=gateway.policy,
@@ -307,14 +350,24 @@ def admin_app(gateway: Gateway) -> web.Application:
         store=gateway.store,
         clock=gateway.clock,
     )
-    app.add_routes(
+    routes = (
         ops.routes()
         + admin.routes()
         + accounts.routes()
         + billing_api(gateway).routes()
         + policy.routes()
     )
+    # 100 Continue only once the admin guard let the request through and a body is read
+    app.add_routes(
+        web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": defer_continue})
+        for r in routes
+    )
     return app
+
+
+def body_deadlines(settings: Settings) -> BodyDeadlines:
+    limits = settings.limits
+    return BodyDeadlines(total=limits.body_timeout_seconds, idle=limits.body_idle_seconds)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -329,6 +382,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # steadily bytes trickle in: our defence against slowloris clients. It is also the
         # idle keep-alive timeout. tests/test_proxy_limits.py holds both cases.
         "keepalive_timeout": limits.header_timeout_seconds,
+        # taken by GatewayRunner, not aiohttp: see gateway/server.py
+        "max_connections_per_address": limits.max_connections_per_address,
         # bodies are relayed as sent; decompressing them would change what the upstream sees
         "auto_decompress": False,
         "access_log": None,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.errors import GatewayError
+from gateway.identity.keys import redact
 from gateway.metrics import Metrics
-from gateway.pipeline import OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
+from gateway.pipeline import METER_LABEL, OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
+from gateway.proxy.expect import awaiting_body
 from gateway.proxy.forward import HEADERS_SENT, ClientGone, StreamCut
 
 log = logging.getLogger("gateway")
@@ -20,7 +25,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: GatewayError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    response = web.json_response(exc.body(), status=exc.status, headers=exc.headers, dumps=dumps)
+    if exc.close_connection:
+        response.force_close()
+    return response
+
+
+def dumps(body: Any) -> str:
+    """Strict JSON: an error may echo what a client sent, and NaN or Infinity are not JSON."""
+    try:
+        return json.dumps(body, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(body), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def error_boundary(*, metrics: Metrics | None) -> Middleware:
@@ -38,15 +64,19 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
             return response
         except GatewayError as exc:
             outcome = exc.outcome
-            return error_response(exc)
+            response = error_response(exc)
+            if exc.close_connection or awaiting_body(request):
+                return await _answer_and_close(request, response)
+            return response
         except StreamCut as exc:
             # The status line went out long ago: there is no error to render, only the
             # exchange to finish. aiohttp sees a prepared response and closes quietly.
             outcome = exc.outcome
             if isinstance(exc, ClientGone):
-                log.debug("%s %r: %s", request.method, request.raw_path, exc)
+                log.debug("%s %r: %s", request.method, redact(request.raw_path), exc)
             else:
-                log.warning("%s %r: %s", request.method, request.raw_path, exc)
+                # a query string may carry a key (?api_key=ask_...): never into the log
+                log.warning("%s %r: %s", request.method, redact(request.raw_path), exc)
             return exc.response
         except web.HTTPException as exc:
             # aiohttp's own refusals (e.g. 413 from request.read()) in our JSON shape
@@ -71,9 +101,25 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
     return middleware
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` and close the connection without reading the rest of the body.
+
+    aiohttp would otherwise keep reading (and discarding) an unread body for up to ten
+    seconds before closing: exactly what a stalled client, or one still waiting for
+    ``100 Continue`` before it sends anything, must not be given."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
 def _record(metrics: Metrics, request: web.Request, outcome: str, started: float) -> None:
     metrics.in_flight.dec()
     route = request.get(ROUTE_LABEL, "-")
-    metrics.decisions.labels(request.get(TIER_LABEL, "-"), route, outcome).inc()
+    tier = request.get(TIER_LABEL, "-")
+    metrics.decisions.labels(tier, route, outcome).inc()
+    if outcome == "quota_exceeded":
+        metrics.quota_refusals.labels(tier, route, request.get(METER_LABEL, "-")).inc()
     ended = request.get(HEADERS_SENT) or time.perf_counter()
     metrics.request_seconds.labels(route).observe(ended - started)

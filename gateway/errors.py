@@ -35,6 +35,8 @@ class GatewayError(Exception):
     code = "INTERNAL_ERROR"
     #: the `outcome` label for metrics
     outcome = "error"
+    #: close the connection after answering: the request's body was left half-read
+    close_connection = False
 
     def __init__(
         self,
@@ -97,6 +99,7 @@ class RequestTimeout(GatewayError):
     status = 408
     code = "REQUEST_TIMEOUT"
     outcome = "bad_request"
+    close_connection = True
 
 
 class Conflict(GatewayError):
@@ -133,6 +136,15 @@ class StoreUnavailable(GatewayError):
     status = 503
     code = "STORE_UNAVAILABLE"
     outcome = "store_unavailable"
+
+
+class UpstreamCircuitOpen(GatewayError):
+    """No target of the upstream may be tried now: its breaker is open or every target is
+    ejected. Nothing was sent, so nothing is charged."""
+
+    status = 503
+    code = "UPSTREAM_CIRCUIT_OPEN"
+    outcome = "upstream_error"
 
 
 class GatewayBusy(GatewayError):

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.app import Gateway, admin_app, build_gateway, open_store, proxy_app, server_options
 from gateway.boundary import error_response
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, StoreUnavailable
+from gateway.identity.keys import redact
 from gateway.metering.clock import SystemClock
+from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import Address, Settings
 
 log = logging.getLogger("gateway")
@@ -44,8 +51,40 @@ class _JsonErrorHandler(web.RequestHandler):
 
     A header over the size limit, too many headers or a malformed request line never reaches
     the app (and so the error boundary); aiohttp would answer a plain-text 400 that echoes the
-    client's bytes and log a traceback for each. Bad input is the client's fault: one log line.
+    client's bytes and log a traceback for each. Bad input is the client's fault: one log line,
+    and neither it nor the body repeats a credential the bytes carried.
+
+    It also holds the optional cap on connections per client address.
     """
+
+    _counted: tuple[_JsonErrorServer, str] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        server = self._manager
+        if not isinstance(server, _JsonErrorServer) or server.address_cap <= 0:
+            return
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        self._counted = (server, address)
+        held = server.per_address[address] = server.per_address.get(address, 0) + 1
+        if held > server.address_cap:
+            # one more socket from an address that already holds its share: answered and
+            # closed at once, so a flood of stalled sockets cannot use up the descriptors
+            log.info("refused a connection from %s: it holds %s already", address, held - 1)
+            cast(asyncio.Transport, transport).write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted is not None:
+            server, address = self._counted
+            self._counted = None
+            left = server.per_address.get(address, 1) - 1
+            if left > 0:
+                server.per_address[address] = left
+            else:
+                server.per_address.pop(address, None)
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -71,23 +110,53 @@ def _parse_error(exc: HttpProcessingError) -> GatewayError:
         return HeadersTooLarge(f"the request line or a header field is longer than {limit} bytes")
     if exc.message.startswith("Too many headers"):
         return HeadersTooLarge("the request has more header fields than the gateway accepts")
-    return BadRequest(f"malformed HTTP request: {exc.message[:200]}")
+    return BadRequest(f"malformed HTTP request: {redact(exc.message)[:200]}")
+
+
+def _too_many_connections() -> bytes:
+    body = json.dumps(
+        {
+            "code": "TOO_MANY_CONNECTIONS",
+            "message": "this address holds as many open connections as the gateway allows",
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+_TOO_MANY_CONNECTIONS = _too_many_connections()
 
 
 class _JsonErrorServer(web.Server):
+    address_cap = 0
+    per_address: dict[str, int]
+
     def __call__(self) -> web.RequestHandler:
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
 
 
 class GatewayRunner(web.AppRunner):
-    """An AppRunner whose connections answer unparseable requests with the gateway's JSON."""
+    """An AppRunner whose connections answer unparseable requests with the gateway's JSON,
+    and which caps the connections one client address may hold (0: no cap)."""
+
+    def __init__(
+        self, app: web.Application, *, max_connections_per_address: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._address_cap = max_connections_per_address
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # aiohttp offers no option for the connection handler's class, so the server it built
         # for the app is given the subclass above, which only changes how it makes handlers
         server.__class__ = _JsonErrorServer
-        return server
+        ours = cast(_JsonErrorServer, server)
+        ours.address_cap = self._address_cap
+        ours.per_address = {}
+        return ours
 
 
 def check_workers(settings: Settings) -> None:
@@ -125,7 +194,7 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reloader.try_reload, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, gateway.reloader.reload_soon, "SIGHUP")
     try:
         for app, address, reuse in apps:
             runner = GatewayRunner(app, shutdown_timeout=grace, **options)
@@ -146,11 +215,13 @@ async def run_worker(
             gateway.policy.current.name,
             settings.store.split("@")[-1],
         )
+        gateway.metrics.workers.set(1)
         if on_ready is not None:
             await on_ready(gateway)
         await stop.wait()
         log.info("shutting down: finishing in-flight requests (up to %ss)", grace)
     finally:
+        gateway.metrics.workers.set(0)
         # the proxy listener first, so nothing new arrives while the rest drains
         for runner in runners:
             await runner.cleanup()
@@ -169,6 +240,27 @@ async def require_store(settings: Settings) -> None:
         await store.close()
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard limit, as Go programs do at start.
+
+    Every client connection holds a descriptor, and the soft limit many systems hand a
+    process (1024, or 256) runs out under a few hundred slow clients; past it accept()
+    fails and healthy callers are reset. Workers inherit the raised limit."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
+            return
+        log.info("raised the open-file limit from %s to %s", soft, target)
+
+
 def serve(
     settings: Settings,
     *,
@@ -178,6 +270,7 @@ def serve(
     check_workers(settings)
     if settings.require_store:
         run_loop(require_store(settings))
+    raise_open_file_limit()
     if settings.workers == 1:
         run_loop(run_worker(settings, on_ready=on_ready, extra_sites=extra_sites))
         return
@@ -188,8 +281,30 @@ def serve(
         )
         for index in range(settings.workers)
     ]
-    for worker in workers:
-        worker.start()
+    # each worker writes its metric values to files here; the scrape sums them (gateway.metrics)
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    try:
+        _run_workers(workers, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise ServeError(f"workers exited with errors: {', '.join(str(n) for n in failed)}")
+
+
+def _run_workers(workers: Sequence[multiprocessing.process.BaseProcess], metrics_dir: str) -> None:
+    # the variable is read when a worker imports prometheus_client, so it is set for the
+    # spawned processes only: this process keeps its own in-memory values
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        if before is None:
+            del os.environ[MULTIPROC_ENV]
+        else:
+            os.environ[MULTIPROC_ENV] = before
 
     def forward(signum: int, _frame: object) -> None:
         for worker in workers:
@@ -200,11 +315,16 @@ def serve(
     signal.signal(signal.SIGINT, forward)
     # SIGHUP reloads the policy: every worker re-reads and validates the file itself
     signal.signal(signal.SIGHUP, forward)
-    for worker in workers:
-        worker.join()
-    failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
-    if failed:
-        raise ServeError(f"workers exited with errors: {', '.join(str(n) for n in failed)}")
+    running = list(workers)
+    while running:
+        ended = multiprocessing.connection.wait([w.sentinel for w in running])
+        for worker in [w for w in running if w.sentinel in ended]:
+            worker.join()
+            running.remove(worker)
+            # its live gauges (in flight, accepting requests, store state) leave the sums, so
+            # /readyz answers 503 while a worker is gone
+            if worker.pid is not None:
+                mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def _worker_main(settings: Settings, with_admin: bool) -> None:

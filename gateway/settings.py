@@ -14,7 +14,9 @@ from typing import Any, Literal
 from yarl import URL
 
 from gateway.identity.tokens import SUPPORTED
+from gateway.metering.redis_store import check_db
 from gateway.policy.source import ConfigError, Node, load_source, root
+from gateway.proxy.pool import PoolSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +88,14 @@ def parse_store(text: str) -> str:
             f"expected 'memory' or a redis:// URL (schemes: {', '.join(_STORE_SCHEMES)}), "
             f"got {text.split('@')[-1]!r}"
         )
+    check_db(text)
     return text
 
 
 _STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+#: like the JWT secret's floor: 32 bytes (256 bits if random) cannot be guessed online
+MIN_ADMIN_TOKEN_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,13 @@ class JwtSettings:
     issuer: str | None = None
     audience: str | None = None
     leeway_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPool:
+    prefix: str
+    targets: tuple[tuple[URL, int], ...]  # (url, weight)
+    settings: PoolSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +144,15 @@ class CorsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """Tunnels on routes with ``websocket: true`` (gateway/proxy/websocket.py)."""
+
+    idle_seconds: float = 300.0  # no message either way for this long closes the tunnel
+    max_seconds: float = 3600.0  # a tunnel's whole life; 0 for no bound
+    max_message_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 8190  # one header line; aiohttp's own default
@@ -139,10 +161,15 @@ class Limits:
     # the whole header block (names, values, separators): 100 lines of 8 KB each would pass
     # the per-line bounds above; Envoy's default is 60 KiB
     max_header_block_bytes: int = 64 * 1024
-    # a proxied request body must arrive whole within body_timeout_seconds and may not go
-    # silent for longer than body_idle_seconds (a 1-byte-per-3-s trickle ends at the total)
-    body_timeout_seconds: float = 120.0
-    body_idle_seconds: float = 15.0
+    # every request body the gateway reads (proxied, or answered itself: login,
+    # provisioning, billing, admin, Stripe webhook) must arrive whole within
+    # body_timeout_seconds and may not go silent for longer than body_idle_seconds (a
+    # 1-byte-per-3-s trickle ends at the total)
+    body_timeout_seconds: float = 60.0
+    body_idle_seconds: float = 10.0
+    # open connections one client address may hold (0: no cap); behind a load balancer every
+    # connection comes from its address, so leave it off there or set it above its pool
+    max_connections_per_address: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +179,11 @@ class AccountSettings:
     provisions_per_address_per_day: int | None = 20  # None: no abuse guard
     session_ttl_seconds: float = 7 * 86400.0
     min_password_length: int = 8
+    # login attempts that may fail per account and per client address in each window;
+    # past either, 429 with Retry-After until the window ends (None: no limit)
+    login_failures_per_account: int | None = 10
+    login_failures_per_address: int | None = 100
+    login_window_seconds: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +221,8 @@ class Settings:
     store: str = "memory"
     # every store command must answer within this budget, or the failure mode applies
     store_timeout_ms: int = 250
+    # seconds between pings of a healthy store, so an idle process notices an outage (0: off)
+    store_probe_seconds: float = 2.0
     # closed: refuse with 503 while the store is unreachable; open: admit on a local allowance
     store_failure_mode: Literal["closed", "open"] = "closed"
     # fail open: units each meter of an account may take per outage, counted and written back
@@ -199,6 +233,10 @@ class Settings:
     identity_cache_entries: int = 10_000
     workers: int = 1
     upstreams: tuple[tuple[str, URL], ...] = (("/", URL("http://127.0.0.1:8000")),)
+    #: prefixes served by several targets (``targets:`` in the file): every target with its
+    #: weight, and the pool's balancing, health and breaker settings; the prefix's entry in
+    #: ``upstreams`` holds the first target
+    pools: tuple[UpstreamPool, ...] = ()
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
     # a pooled upstream connection idle longer than this is closed, never reused: below the
@@ -223,9 +261,20 @@ class Settings:
     accounts: AccountSettings = field(default_factory=AccountSettings)
     stripe: StripeSettings = field(default_factory=StripeSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
-        return environ.get(self.admin_token_env) or None
+        """The admin API's bearer token, or None (the admin API is then disabled).
+
+        Refused when shorter than ``MIN_ADMIN_TOKEN_BYTES``: it guards every account and key,
+        and a short one falls to guessing through the admin listener."""
+        value = environ.get(self.admin_token_env) or None
+        if value is not None and len(value.encode("utf-8")) < MIN_ADMIN_TOKEN_BYTES:
+            raise ValueError(
+                f"{self.admin_token_env} is {len(value.encode('utf-8'))} bytes; the admin token "
+                f"needs at least {MIN_ADMIN_TOKEN_BYTES} (for example: openssl rand -hex 32)"
+            )
+        return value
 
     def jwt_secret(self, environ: Mapping[str, str] = os.environ) -> bytes | None:
         value = environ.get(self.jwt.secret_env)
@@ -243,6 +292,7 @@ KEYS: dict[str, frozenset[str]] = {
             "access_log",
             "store",
             "store_timeout_ms",
+            "store_probe_seconds",
             "store_failure_mode",
             "store_fail_open_allowance",
             "require_store",
@@ -261,8 +311,10 @@ KEYS: dict[str, frozenset[str]] = {
             "stripe",
             "method_override_headers",
             "cors",
+            "websocket",
         }
     ),
+    "websocket": frozenset({"idle_seconds", "max_seconds", "max_message_bytes"}),
     "cors": frozenset(
         {
             "allow_origins",
@@ -274,7 +326,14 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "accounts": frozenset(
-        {"provisions_per_address_per_day", "session_ttl_seconds", "min_password_length"}
+        {
+            "provisions_per_address_per_day",
+            "session_ttl_seconds",
+            "min_password_length",
+            "login_failures_per_account",
+            "login_failures_per_address",
+            "login_window_seconds",
+        }
     ),
     "stripe": frozenset(
         {
@@ -288,7 +347,13 @@ KEYS: dict[str, frozenset[str]] = {
             "tolerance_seconds",
         }
     ),
-    "upstreams[]": frozenset({"prefix", "url"}),
+    "upstreams[]": frozenset({"prefix", "url", "targets", "balance", "eject", "health", "breaker"}),
+    "upstreams[].targets[]": frozenset({"url", "weight"}),
+    "upstreams[].eject": frozenset({"after", "seconds"}),
+    "upstreams[].health": frozenset({"path", "interval_seconds", "timeout_seconds"}),
+    "upstreams[].breaker": frozenset(
+        {"failure_ratio", "min_requests", "window_seconds", "open_seconds"}
+    ),
     "timeouts": frozenset(
         {"connect_seconds", "read_seconds", "pool_idle_seconds", "client_write_seconds"}
     ),
@@ -316,6 +381,7 @@ KEYS: dict[str, frozenset[str]] = {
             "max_header_block_bytes",
             "body_timeout_seconds",
             "body_idle_seconds",
+            "max_connections_per_address",
         }
     ),
 }
@@ -363,6 +429,8 @@ def _from_file(path: str) -> Settings:
         values["store"] = _convert(child, parse_store)
     if (child := node.get("store_timeout_ms")) is not None:
         values["store_timeout_ms"] = child.int(minimum=1, maximum=60_000)
+    if (child := node.get("store_probe_seconds")) is not None:
+        values["store_probe_seconds"] = child.number(minimum=0)
     if (child := node.get("store_failure_mode")) is not None:
         values["store_failure_mode"] = child.str(choices=("closed", "open"))
     if (child := node.get("store_fail_open_allowance")) is not None:
@@ -381,17 +449,28 @@ def _from_file(path: str) -> Settings:
         values["shutdown_grace_seconds"] = child.number()
     if (child := node.get("upstreams")) is not None:
         upstreams: list[tuple[str, URL]] = []
+        pools: list[UpstreamPool] = []
         for item in child.list():
-            item.mapping(allowed=set(KEYS["upstreams[]"]), required={"prefix", "url"})
+            item.mapping(allowed=set(KEYS["upstreams[]"]), required={"prefix"})
             prefix = item.child("prefix").str()
             if not prefix.startswith("/"):
                 raise item.child("prefix").fail("a prefix starts with '/'")
             if any(prefix == seen for seen, _ in upstreams):
                 raise item.child("prefix").fail(f"prefix {prefix!r} is listed twice")
-            upstreams.append((prefix, _convert(item.child("url"), parse_upstream)))
+            if ("url" in item.value) == ("targets" in item.value):
+                raise item.fail("give either url (one target) or targets (a pool)")
+            if "url" in item.value:
+                if any(k in item.value for k in ("balance", "eject", "health", "breaker")):
+                    raise item.fail("balance, eject, health and breaker need targets")
+                upstreams.append((prefix, _convert(item.child("url"), parse_upstream)))
+                continue
+            pool = _pool(prefix, item)
+            pools.append(pool)
+            upstreams.append((prefix, pool.targets[0][0]))
         if not upstreams:
             raise child.fail("list at least one upstream")
         values["upstreams"] = tuple(upstreams)
+        values["pools"] = tuple(pools)
     if (child := node.get("timeouts")) is not None:
         child.mapping(allowed=set(KEYS["timeouts"]))
         if (sub := child.get("connect_seconds")) is not None:
@@ -423,6 +502,16 @@ def _from_file(path: str) -> Settings:
         values["stripe"] = _stripe(child)
     if (child := node.get("cors")) is not None:
         values["cors"] = _cors(child)
+    if (child := node.get("websocket")) is not None:
+        child.mapping(allowed=set(KEYS["websocket"]))
+        ws: dict[str, Any] = {}
+        if (sub := child.get("idle_seconds")) is not None:
+            ws["idle_seconds"] = sub.number(minimum=0.001)
+        if (sub := child.get("max_seconds")) is not None:
+            ws["max_seconds"] = sub.number(minimum=0)
+        if (sub := child.get("max_message_bytes")) is not None:
+            ws["max_message_bytes"] = sub.int(minimum=1, maximum=1 << 30)
+        values["websocket"] = WebSocketSettings(**ws)
     return Settings(**values)
 
 
@@ -464,12 +553,66 @@ def _cors(node: Node) -> CorsSettings:
     return cors
 
 
+def _pool(prefix: str, item: Node) -> UpstreamPool:
+    """An upstream served by several targets: ``targets`` and its pool settings."""
+    targets: list[tuple[URL, int]] = []
+    for target in item.child("targets").list():
+        if isinstance(target.value, str):
+            targets.append((_convert(target, parse_upstream), 1))
+            continue
+        target.mapping(allowed=set(KEYS["upstreams[].targets[]"]), required={"url"})
+        weight_node = target.get("weight")
+        weight = weight_node.int(minimum=1, maximum=1000) if weight_node is not None else 1
+        targets.append((_convert(target.child("url"), parse_upstream), weight))
+    if not targets:
+        raise item.child("targets").fail("list at least one target")
+    values: dict[str, Any] = {}
+    if (node := item.get("balance")) is not None:
+        values["balance"] = node.str(choices=("least_pending", "round_robin"))
+    if (node := item.get("eject")) is not None:
+        node.mapping(allowed=set(KEYS["upstreams[].eject"]))
+        if (sub := node.get("after")) is not None:
+            values["eject_after"] = sub.int(minimum=0)
+        if (sub := node.get("seconds")) is not None:
+            values["eject_seconds"] = sub.number(minimum=0.001)
+    if (node := item.get("health")) is not None:
+        node.mapping(allowed=set(KEYS["upstreams[].health"]), required={"path"})
+        path = node.child("path").str(max_len=2000)
+        if not path.startswith("/"):
+            raise node.child("path").fail("a health check path starts with '/'")
+        values["health_path"] = path
+        if (sub := node.get("interval_seconds")) is not None:
+            values["health_interval"] = sub.number(minimum=0.01)
+        if (sub := node.get("timeout_seconds")) is not None:
+            values["health_timeout"] = sub.number(minimum=0.01)
+    if (node := item.get("breaker")) is not None:
+        node.mapping(allowed=set(KEYS["upstreams[].breaker"]), required={"failure_ratio"})
+        ratio = node.child("failure_ratio").number(minimum=0.0)
+        if ratio > 1:
+            raise node.child("failure_ratio").fail("a ratio is at most 1")
+        values["breaker_ratio"] = ratio
+        if (sub := node.get("min_requests")) is not None:
+            values["breaker_min_requests"] = sub.int(minimum=1)
+        if (sub := node.get("window_seconds")) is not None:
+            values["breaker_window"] = sub.number(minimum=0.01)
+        if (sub := node.get("open_seconds")) is not None:
+            values["breaker_open_seconds"] = sub.number(minimum=0.01)
+    return UpstreamPool(prefix, tuple(targets), PoolSettings(**values))
+
+
 def _accounts(node: Node) -> AccountSettings:
     node.mapping(allowed=set(KEYS["accounts"]))
     values: dict[str, Any] = {}
-    if (child := node.get("provisions_per_address_per_day")) is not None:
-        unlimited = isinstance(child.value, str) and child.value == "unlimited"
-        values["provisions_per_address_per_day"] = None if unlimited else child.int(minimum=1)
+    for key in (
+        "provisions_per_address_per_day",
+        "login_failures_per_account",
+        "login_failures_per_address",
+    ):
+        if (child := node.get(key)) is not None:
+            unlimited = isinstance(child.value, str) and child.value == "unlimited"
+            values[key] = None if unlimited else child.int(minimum=1)
+    if (child := node.get("login_window_seconds")) is not None:
+        values["login_window_seconds"] = child.number(minimum=1)
     if (child := node.get("session_ttl_seconds")) is not None:
         values["session_ttl_seconds"] = child.number(minimum=60)
     if (child := node.get("min_password_length")) is not None:
@@ -535,10 +678,15 @@ def _limits(node: Node) -> Limits:
     for key in ("max_body_bytes", "max_header_bytes", "max_headers", "max_header_block_bytes"):
         if (child := node.get(key)) is not None:
             values[key] = child.int(minimum=1)
+    if (child := node.get("max_connections_per_address")) is not None:
+        values["max_connections_per_address"] = child.int(minimum=0)
     for key in ("header_timeout_seconds", "body_timeout_seconds", "body_idle_seconds"):
         if (child := node.get(key)) is not None:
             values[key] = child.number(minimum=0.1)
-    return Limits(**values)
+    limits = Limits(**values)
+    if limits.body_idle_seconds > limits.body_timeout_seconds:
+        raise node.fail("body_idle_seconds cannot be longer than body_timeout_seconds")
+    return limits
 
 
 def _relative(base: Path, value: str) -> Path:

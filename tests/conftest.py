@@ -32,7 +32,7 @@ pytest_plugins = ["tests.redis_servers"]
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdefghij"
 JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 
 

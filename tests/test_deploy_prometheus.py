@@ -37,6 +37,7 @@ def test_the_issue_s_alerts_exist() -> None:
         "GatewayRefusalRatioJump",
         "GatewayPolicyReloadFailing",
         "GatewayUpstreamSlow",
+        "GatewayUpstreamErrorRatio",
     }
 
 

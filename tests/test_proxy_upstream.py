@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from gateway.proxy.pool import target_label
 from gateway.settings import Limits
 from tests.conftest import GatewayFactory, Harness
 
@@ -31,9 +32,13 @@ async def usage(gw: Harness, account: str) -> dict[str, int]:
     return {name: meters[name]["used"] for name in ("logic_engine_calls", "api_calls")}
 
 
+def upstream_label(gw: Harness) -> str:
+    return target_label(gw.gateway.settings.upstreams[0][1])
+
+
 def upstream_errors(gw: Harness, kind: str) -> float:
     value = gw.gateway.metrics.registry.get_sample_value(
-        "gateway_upstream_errors_total", {"upstream": "/", "kind": kind}
+        "gateway_upstream_errors_total", {"upstream": upstream_label(gw), "kind": kind}
     )
     return value or 0.0
 
@@ -76,7 +81,8 @@ async def test_upstream_too_slow_is_504_and_stays_charged(make_gateway: GatewayF
     assert resp.status == 200
     assert await usage(gw, account) == {"logic_engine_calls": 2, "api_calls": 2}
     answered = gw.gateway.metrics.registry.get_sample_value(
-        "gateway_upstream_duration_seconds_count", {"upstream": "/"}
+        "gateway_upstream_duration_seconds_count",
+        {"upstream": upstream_label(gw), "route": "logic"},
     )
     assert answered == 1
 

@@ -28,7 +28,8 @@ def store_factory(redis_url: str) -> Callable[[FakeClock], Awaitable[Store]]:
 async def test_a_warm_proxied_request_costs_one_redis_command(
     make_gateway: GatewayFactory, redis_server: RedisServer
 ) -> None:
-    gw = await make_gateway(identity_cache_ttl_seconds=300.0)
+    # no idle store probe: its PING is no request's command
+    gw = await make_gateway(identity_cache_ttl_seconds=300.0, store_probe_seconds=0)
     headers = await gw.caller("anonymous")
     assert (await gw.client.get("/api/logic/warm", headers=headers)).status == 200
     with redis_server.monitor() as commands:

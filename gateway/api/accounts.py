@@ -15,6 +15,7 @@ from gateway.errors import Conflict, QuotaExceeded, Unauthenticated, ValidationE
 from gateway.identity.passwords import hash_password, verify_password
 from gateway.identity.registry import Registry
 from gateway.identity.sessions import Session, Sessions
+from gateway.identity.throttle import LoginLimits, LoginThrottle
 from gateway.identity.users import Users, normalise_email
 from gateway.metering.clock import Clock
 from gateway.metering.store import Charge, Store
@@ -69,6 +70,15 @@ class AccountsApi:
         self._clock = clock
         self._settings = settings
         self._trusted = tuple(trusted_proxies)
+        self._throttle = LoginThrottle(
+            store,
+            clock,
+            LoginLimits(
+                per_account=settings.login_failures_per_account,
+                per_address=settings.login_failures_per_address,
+                window_seconds=settings.login_window_seconds,
+            ),
+        )
 
     def handlers(self) -> dict[str, LocalHandler]:
         return {
@@ -196,11 +206,14 @@ class AccountsApi:
         body = await read_json(ctx.request)
         email = field(body, "email", str, max_len=254)
         password = field(body, "password", str, max_len=MAX_PASSWORD)
+        # throttled before any hashing, so guessing costs the guesser, not the gateway
+        attempt = await self._throttle.begin(email, client_address(ctx.request, self._trusted))
         account_id = await self._users.account_for_email(email)
         encoded = await self._users.password_hash(account_id) if account_id else None
         # one message for an unknown email and a wrong password: no account enumeration
         if not await verify_password(password, encoded) or account_id is None:
             raise Unauthenticated("email or password is wrong")
+        await self._throttle.succeeded(attempt)
         account = await self._registry.require_account(account_id)
         session, token = await self._sessions.open(account.id)
         return web.json_response(

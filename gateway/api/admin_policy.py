@@ -54,7 +54,7 @@ class AdminPolicyApi:
 
     async def reload(self, request: web.Request) -> web.Response:
         try:
-            self._reloader.reload("POST /admin/policy/reload")
+            await self._reloader.reload("POST /admin/policy/reload")
         except ConfigError as exc:
             raise PolicyInvalid(
                 f"the policy was not reloaded: {exc}",

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.api.body import read_bounded
+from gateway.api.body import parse_json, read_bounded
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import (
     BadRequest,
@@ -156,10 +156,7 @@ class StripeWebhook:
             now=self._clock.now(),
             tolerance=self._settings.tolerance_seconds,
         )
-        try:
-            event = json.loads(payload)
-        except ValueError as exc:
-            raise BadRequest("the event is not JSON") from exc
+        event = parse_json(payload, "the event")
         event_id = event.get("id") if isinstance(event, dict) else None
         if not isinstance(event_id, str) or not 0 < len(event_id) <= 255:
             raise BadRequest("the event has no id")

@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 from gateway.errors import StoreUnavailable
 from gateway.metering.keys import INVALIDATION_CHANNEL
 from gateway.metering.store import Store
+from gateway.metrics import CacheStats, Metrics
 
 log = logging.getLogger("gateway")
 
@@ -37,20 +38,30 @@ class TtlCache(Generic[V]):
     """A bounded LRU map whose entries also expire ``ttl`` seconds after they were stored."""
 
     def __init__(
-        self, *, max_entries: int, ttl: float, now: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_entries: int,
+        ttl: float,
+        now: Callable[[], float] = time.monotonic,
+        stats: CacheStats | None = None,
     ) -> None:
         self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self._max = max_entries
         self._ttl = ttl
         self._now = now
+        self._stats = stats
 
     def get(self, key: str) -> V | object:
         """The cached value, or ``MISSING`` (a cached value may itself be None)."""
         entry = self._entries.get(key)
         if entry is None or entry[0] <= self._now():
             # an expired entry stays (LRU-bounded) as the last known answer; see ``stale``
+            if self._stats is not None:
+                self._stats.misses.inc()
             return _MISSING
         self._entries.move_to_end(key)
+        if self._stats is not None:
+            self._stats.hits.inc()
         return entry[1]
 
     def stale(self, key: str) -> V | object:
@@ -65,12 +76,21 @@ class TtlCache(Generic[V]):
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+            if self._stats is not None:
+                self._stats.evictions.inc()
+        self._sized()
 
     def discard(self, key: str) -> None:
         self._entries.pop(key, None)
+        self._sized()
 
     def clear(self) -> None:
         self._entries.clear()
+        self._sized()
+
+    def _sized(self) -> None:
+        if self._stats is not None:
+            self._stats.entries.set(len(self._entries))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -88,10 +108,21 @@ class IdentityCache:
         max_entries: int = 10_000,
         ttl: float = 5.0,
         now: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ttl = ttl
-        self.keys: TtlCache[object] = TtlCache(max_entries=max_entries, ttl=ttl, now=now)
-        self.accounts: TtlCache[object] = TtlCache(max_entries=max_entries, ttl=ttl, now=now)
+        self.keys: TtlCache[object] = TtlCache(
+            max_entries=max_entries,
+            ttl=ttl,
+            now=now,
+            stats=None if metrics is None else metrics.cache("keys"),
+        )
+        self.accounts: TtlCache[object] = TtlCache(
+            max_entries=max_entries,
+            ttl=ttl,
+            now=now,
+            stats=None if metrics is None else metrics.cache("accounts"),
+        )
 
     def invalidate(self, message: str) -> None:
         kind, _, ident = message.partition(":")

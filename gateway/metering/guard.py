@@ -28,7 +28,9 @@ own, so an outage costs a few log lines, not a line per retry.
 
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
-``gateway_store_degraded`` gauge shows the state.
+``gateway_store_degraded`` gauge shows the state. ``watch`` pings a healthy store at an
+interval, so an idle process notices an outage (and its gauge says so) without a request.
+Every failed command of a healthy store is counted in ``gateway_store_errors_total``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ class GuardedStore:
             self._trip(exc, when="at start")
 
     def _trip(self, exc: StoreUnavailable, *, when: str = "") -> None:
+        if self._metrics is not None:
+            kind = "timeout" if isinstance(exc.__cause__, TimeoutError) else "error"
+            self._metrics.store_errors.labels(kind).inc()
         if self._probe is None:
             log.warning(
                 "store unavailable%s (%s): failing %s until it answers; probing with backoff",
@@ -135,6 +140,18 @@ class GuardedStore:
             if self._metrics is not None:
                 self._metrics.store_degraded.set(0)
             return
+
+    async def watch(self, interval: float) -> None:
+        """Ping the store every ``interval`` seconds while it is healthy, until cancelled; the
+        first failure marks it degraded, as a request's would."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.degraded:
+                continue  # the backoff probe is on it
+            try:
+                await self.inner.ping()
+            except StoreUnavailable as exc:
+                self._trip(exc)
 
     async def _write_back(self) -> None:
         """Add what was admitted locally to the shared counts, then apply pending refunds.

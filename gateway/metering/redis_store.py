@@ -70,12 +70,36 @@ def _addresses(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def check_db(url: str) -> None:
+    """Raise ValueError when ``url`` names a database that is not a number.
+
+    redis-py reads ``redis://host/abc`` as database 0 without a word, so a typo would put
+    two deployments' counters in one database."""
+    scheme, _, rest = url.partition("://")
+    rest = rest.rpartition("@")[2]  # a password may hold anything
+    if scheme in ("redis", "rediss"):
+        db = rest.partition("?")[0].partition("/")[2]
+    elif scheme == "redis+sentinel":
+        db = rest.partition("?")[0].partition("/")[2].partition("/")[2]
+    elif scheme == "redis+cluster":
+        db = rest.partition("?")[0].partition("/")[2]
+        if db.strip("/") not in ("", "0"):
+            raise ValueError(f"a Redis Cluster has only database 0, got /{db} in the store URL")
+        return
+    else:
+        return  # unix:// gives the database as ?db=N, which redis-py checks itself
+    db = db.rstrip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError(f"the database in a store URL is a number such as /0, got /{db}")
+
+
 def connect(url: str, *, timeout_ms: int) -> tuple[Any, Any, list[Any]]:
     """The client for a store URL, a client for pub/sub, and any other clients to close.
 
     On a Cluster pub/sub goes through a plain client of one node; with Sentinel the clients
     that ask the sentinels for the primary are closed with the store.
     """
+    check_db(url)
     seconds = timeout_ms / 1000
     # retries stay inside the budget: the caller's asyncio.timeout bounds the whole command,
     # so a retry with backoff would only ever be cut off half way

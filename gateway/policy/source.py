@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,23 +54,84 @@ class Source:
         return ConfigError(self.file, line or self.lines.get((), 1), path, problem)
 
 
+#: bigger than any real policy or config (the shipped policy is 20 KB); YAML is parsed in
+#: pure Python, so this also bounds the time a reload can take
+MAX_BYTES = 1024 * 1024
+#: nesting (aliases expanded) deeper than any real file; the composer and _Walk recurse
+MAX_DEPTH = 64
+#: values that aliases may repeat, counted as they expand: an anchored tier or limits block
+#: reused a few times repeats dozens, an "alias bomb" (aliases of aliases) millions
+MAX_ALIASED = 10_000
+
+_CORE = "tag:yaml.org,2002:"
+#: the only tags a value may carry: plain scalars, lists and mappings
+_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
+# integers and floats as YAML 1.2 writes them; YAML 1.1 also reads 050 (octal 40),
+# 1:30 (base 60: 90), 0x32, 0b11 and 1_000, which a reviewer easily misreads
+_INT_12 = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_FLOAT_12 = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+)
+
+
 def load_source(path: str | Path) -> Source:
-    """Read and parse a YAML file; syntax errors and duplicate keys become ConfigError."""
+    """Read and parse a YAML file; every problem with it becomes a ConfigError."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(file, None, (), f"cannot read file: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(file, None, (), f"the file is larger than {MAX_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise ConfigError(file, line, (), f"not valid UTF-8 (byte {exc.start + 1})") from exc
     return parse_source(text, file)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting while composing, before anything recurses far,
+    and resolves no timestamps (YAML 1.2 has none: ``2026-01-01`` stays a string)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _CORE + "timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"the document nests deeper than {MAX_DEPTH} levels", mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def parse_source(text: str, file: str = "<string>") -> Source:
-    loader = yaml.SafeLoader(text)
+    if len(text) > MAX_BYTES:
+        raise ConfigError(file, None, (), f"the file is larger than {MAX_BYTES} bytes")
+    loader: _Loader | None = None
     try:
+        # the reader refuses NUL and other control characters as soon as it is built
+        loader = _Loader(text)
         node = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        at = text[: exc.position or 0].count("\n") + 1
+        char = exc.character
+        code = ord(char) if isinstance(char, str) else int(char or 0)
+        problem = f"invalid YAML: character U+{code:04X} is not allowed"
+        raise ConfigError(file, at, (), problem) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -81,54 +144,105 @@ def parse_source(text: str, file: str = "<string>") -> Source:
     except yaml.YAMLError as exc:
         raise ConfigError(file, None, (), f"invalid YAML: {exc}") from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     source = Source(file=file, data=None)
     if node is None:
         raise ConfigError(file, 1, (), "the file is empty")
-    source.data = _convert(node, (), source, loader)
+    source.data = _Walk(source, loader).convert(node, ())
     return source
 
 
-def _convert(node: yaml.Node, path: KeyPath, source: Source, loader: yaml.SafeLoader) -> Any:
-    source.lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+class _Walk:
+    """Turns composed nodes into plain values, noting each key path's line as it goes."""
+
+    def __init__(self, source: Source, loader: _Loader) -> None:
+        self.source = source
+        self.loader = loader
+        self.visited: set[int] = set()
+        self.aliased = 0
+
+    def fail(self, node: yaml.Node, path: KeyPath, problem: str) -> ConfigError:
+        return ConfigError(self.source.file, node.start_mark.line + 1, path, problem)
+
+    def convert(self, node: yaml.Node, path: KeyPath) -> Any:
+        if id(node) in self.visited:
+            # the composer hands back the anchored node itself for every alias: a node met
+            # twice is a value an alias repeats
+            self.aliased += 1
+            if self.aliased > MAX_ALIASED:
+                raise self.fail(
+                    node, path, f"aliases (*name) repeat more than {MAX_ALIASED} values"
+                )
+        self.visited.add(id(node))
+        if len(path) > MAX_DEPTH:
+            raise self.fail(node, path, f"nested deeper than {MAX_DEPTH} levels")
+        if node.tag not in _TAGS:
+            raise self.fail(
+                node, path, f"unknown tag {node.tag.replace(_CORE, '!!')!r}; use plain values"
+            )
+        self.source.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                child = (*path, index)
+                self.source.lines[child] = item.start_mark.line + 1
+                items.append(self.convert(item, child))
+            return items
+        kind = node.tag.replace(_CORE, "")
+        try:
+            # PyYAML's constructors fail in assorted ways on an explicit !!int a or !!bool x
+            value = self.loader.construct_object(node, deep=True)
+        except Exception as exc:
+            raise self.fail(node, path, f"{node.value!r} is not a valid {kind}") from exc
+        if kind in ("int", "float") and not _yaml12_number(node):
+            raise self.fail(
+                node,
+                path,
+                f"{node.value} is a YAML 1.1 number form ({_form(node.value)}, read as "
+                f"{value}); write it in plain decimal, or quote it for a string",
+            )
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                raise ConfigError(
-                    source.file,
-                    key_node.start_mark.line + 1,
-                    path,
-                    "merge keys (<<) are not supported",
-                )
-            key = _convert(key_node, path, source, loader)
+            if key_node.tag == _CORE + "merge":
+                raise self.fail(key_node, path, "merge keys (<<) are not supported")
+            key = self.convert(key_node, path)
             if not isinstance(key, str | int) or isinstance(key, bool):
-                raise ConfigError(
-                    source.file,
-                    key_node.start_mark.line + 1,
-                    path,
-                    f"keys must be strings, got {key!r}",
-                )
+                raise self.fail(key_node, path, f"keys must be strings, got {key!r}")
             key = str(key)
             child = (*path, key)
             if key in out:
-                raise ConfigError(
-                    source.file,
-                    key_node.start_mark.line + 1,
+                raise self.fail(
+                    key_node,
                     child,
-                    f"duplicate key (first defined on line {source.lines[child]})",
+                    f"duplicate key (first defined on line {self.source.lines[child]})",
                 )
-            source.lines[child] = key_node.start_mark.line + 1
-            out[key] = _convert(value_node, child, source, loader)
+            self.source.lines[child] = key_node.start_mark.line + 1
+            out[key] = self.convert(value_node, child)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for index, item in enumerate(node.value):
-            child = (*path, index)
-            source.lines[child] = item.start_mark.line + 1
-            items.append(_convert(item, child, source, loader))
-        return items
-    return loader.construct_object(node, deep=True)
+
+
+def _yaml12_number(node: yaml.Node) -> bool:
+    pattern = _INT_12 if node.tag == _CORE + "int" else _FLOAT_12
+    return bool(pattern.fullmatch(str(node.value)))
+
+
+def _form(text: str) -> str:
+    digits = text.lstrip("+-")
+    if ":" in digits:
+        return "base 60"
+    if digits[:2] in ("0x", "0X"):
+        return "hexadecimal"
+    if digits[:2] in ("0b", "0B"):
+        return "binary"
+    if "_" in digits:
+        return "digit separators"
+    return "octal" if digits[:1] == "0" else "not YAML 1.2"
 
 
 _MISSING: Any = object()
@@ -207,6 +321,8 @@ class Node:
     def number(self, *, minimum: float = 0.0) -> float:
         if not isinstance(self.value, int | float) or isinstance(self.value, bool):
             raise self.fail(f"expected a number, got {describe(self.value)}")
+        if not math.isfinite(self.value):
+            raise self.fail(f"expected a finite number, got {self.value}")
         if self.value < minimum:
             raise self.fail(f"expected a number of at least {minimum}, got {self.value}")
         return float(self.value)
