@@ -315,21 +315,12 @@ class GuardedStore:
 
     async def listen(self, channel: str) -> AsyncGenerator[str, None]:
         """As Store.listen, but a subscription asked for while degraded waits for the probe to
-        see the store answer, and one that cannot be made marks the store degraded: followers
-        then wait here instead of retrying (and logging) on their own backoff."""
+        see the store answer: followers wait here instead of retrying (and logging) on their
+        own backoff. An idle process learns of an outage from ``watch``."""
         await self._healthy.wait()
-        subscribed = False
-        try:
-            async with contextlib.aclosing(self.inner.listen(channel)) as messages:
-                async for message in messages:
-                    subscribed = True
-                    yield message
-        except StoreUnavailable as exc:
-            # a subscription that broke after it was made is the follower's to report; one
-            # that could not be made at all is the store not answering
-            if not subscribed:
-                self._trip(exc)
-            raise
+        async with contextlib.aclosing(self.inner.listen(channel)) as messages:
+            async for message in messages:
+                yield message
 
     async def ping(self) -> None:
         if self.degraded:
