@@ -198,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
         "--body-bytes",
         metavar="N",
         type=int,
-        help="the request's Content-Length (charged to a route's body_meter, as serve does)",
+        help="the request's Content-Length, charged to a route's body_meter as serve does "
+        "(default: no body)",
     )
 
     demo = _command(commands, "demo-upstream", help="run the bundled demo upstream alone")
@@ -278,6 +279,7 @@ async def _print_demo_key(gateway: Gateway) -> None:
             if r.consume
             and r.pattern.endswith("/**")
             and not r.features
+            and r.module is None  # a plain metered route, not a sensitive module
             and (r.methods is None or "GET" in r.methods)
         ),
         None,
@@ -364,13 +366,14 @@ def _policy(args: argparse.Namespace) -> int:
 def _check(files: Sequence[str], *, strict: bool) -> int:
     errors = warnings = 0
     for file in files:
+        path = locate(file)
         try:
-            policy = load_policy(locate(file))
+            policy = load_policy(path)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             errors += 1
             continue
-        found = lint(policy, load_source(file), handler_names(file))
+        found = lint(policy, load_source(path), handler_names(path))
         for finding in found:
             print(finding.format(file), file=sys.stderr)
         file_errors = sum(1 for f in found if f.severity == "error")

@@ -51,7 +51,7 @@ def test_version_is_the_packages() -> None:
     [
         (("serve", "--listn", ":8080"), "usage: gateway serve "),
         (
-            ("policy", "check", "--strict", "policies/agentstack.yaml"),
+            ("policy", "check", "--strictly", "policies/agentstack.yaml"),
             "usage: gateway policy check ",
         ),
         (("explain", "GET", "/api/x", "--tire", "free"), "usage: gateway explain "),
@@ -74,7 +74,7 @@ def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 
 
 #: options with nothing to default to: switches, and files that are optional
-NO_DEFAULT = {"help", "version", "config", "demo", "json", "require_store"}
+NO_DEFAULT = {"help", "version", "config", "demo", "json", "require_store", "strict"}  # switches
 
 
 def test_every_option_with_a_default_shows_it_in_help() -> None:
