@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-clients clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: install
 
 bench: install  ## on demand: throughput and latency against a bare proxy, same run
 	$(BIN)/python -m bench.run
+
+bench-clients: install  ## on demand: upstream clients, then proxy-port listeners, each alone
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.upstream_clients
+	$(BIN)/python -m bench.listeners
 
 clean:
 	rm -rf $(VENV) build *.egg-info
