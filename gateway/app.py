@@ -46,6 +46,8 @@ from gateway.policy.model import Policy
 from gateway.policy.reload import Reloader, read_policy
 from gateway.proxy.expect import defer_continue
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
+from gateway.proxy.pool import Pool, PoolSettings, Target
+from gateway.proxy.websocket import TunnelLimits, WebSocketTunnel
 from gateway.settings import Settings
 
 
@@ -198,6 +200,22 @@ def billing_api(gateway: Gateway) -> BillingApi:
     )
 
 
+def build_upstreams(settings: Settings) -> Upstreams:
+    """Every prefix's pool: the configured targets, or one target for a plain ``url`` (never
+    ejected, no breaker: with nothing to fail over to, the caller gets the upstream's own
+    errors)."""
+    pools = {pool.prefix: pool for pool in settings.pools}
+    built = []
+    for prefix, url in settings.upstreams:
+        pool = pools.get(prefix)
+        if pool is None:
+            built.append(Upstream(prefix, Pool([Target(url)], PoolSettings(eject_after=0))))
+        else:
+            targets = [Target(target, weight=weight) for target, weight in pool.targets]
+            built.append(Upstream(prefix, Pool(targets, pool.settings)))
+    return Upstreams(built)
+
+
 def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     log = AccessLog(settings.access_log) if settings.access_log else None
@@ -214,7 +232,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         app.on_response_prepare.append(cors.on_prepare)
     app[GATEWAY] = gateway
     app[BODY_DEADLINES] = body_deadlines(settings)
-    upstreams = Upstreams([Upstream(prefix, url) for prefix, url in settings.upstreams])
+    upstreams = build_upstreams(settings)
 
     forwarder = Forwarder(
         upstreams,
@@ -229,6 +247,15 @@ def proxy_app(gateway: Gateway) -> web.Application:
         trusted_proxies=settings.trusted_proxies,
         metrics=gateway.metrics,
     )
+    tunnel = WebSocketTunnel(
+        forwarder,
+        TunnelLimits(
+            idle_seconds=settings.websocket.idle_seconds,
+            max_seconds=settings.websocket.max_seconds,
+            max_message_bytes=settings.websocket.max_message_bytes,
+            connect_seconds=settings.connect_timeout_seconds,
+        ),
+    )
     stripe = StripeClient(settings.stripe)
     handlers = local_handlers(gateway, stripe)
     check_handlers(gateway.policy.current, handlers)
@@ -241,6 +268,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         metrics=gateway.metrics,
         clock=gateway.clock,
         handlers=handlers,
+        websockets=tunnel,
         max_header_block=settings.limits.max_header_block_bytes,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
@@ -276,6 +304,12 @@ def proxy_app(gateway: Gateway) -> web.Application:
             tasks.append(asyncio.create_task(gateway.reloader.watch(settings.policy_watch_seconds)))
         if gateway.jwks is not None:
             tasks.append(asyncio.create_task(gateway.jwks.run()))
+        # active health checks of upstream pools that configure them
+        tasks.extend(
+            asyncio.create_task(u.pool.watch(session))
+            for u in upstreams
+            if u.pool.settings.health_path is not None
+        )
         if log is not None:
             log.open()
         async with stripe.opened():

@@ -132,6 +132,15 @@ class StoreUnavailable(GatewayError):
     outcome = "store_unavailable"
 
 
+class UpstreamCircuitOpen(GatewayError):
+    """No target of the upstream may be tried now: its breaker is open or every target is
+    ejected. Nothing was sent, so nothing is charged."""
+
+    status = 503
+    code = "UPSTREAM_CIRCUIT_OPEN"
+    outcome = "upstream_error"
+
+
 class GatewayBusy(GatewayError):
     """No pooled upstream connection came free in time: all are relaying responses (to
     clients that read slowly), so the wait is the gateway's, not the upstream's."""

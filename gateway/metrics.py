@@ -89,6 +89,13 @@ class Metrics:
             ["upstream", "route", "code_class"],
             registry=registry,
         )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries_total",
+            "Requests moved to another target of a pool because this target was never "
+            "reached (refused or no connection in time); each request is still sent once.",
+            ["upstream"],
+            registry=registry,
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures by kind: refused, timeout, broken (failed mid-response).",

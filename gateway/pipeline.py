@@ -25,6 +25,7 @@ from gateway.policy.model import Policy, Route, Tier
 from gateway.proxy import headers as identity_headers
 from gateway.proxy.forward import Delivery, Forwarder, relay
 from gateway.proxy.path import canonical_path, encode_path
+from gateway.proxy.websocket import WebSocketTunnel, is_upgrade
 
 # request-scoped labels the error boundary reads for metrics
 ROUTE_LABEL = web.RequestKey("gateway.route", str)
@@ -45,7 +46,9 @@ class Pipeline:
         clock: Clock,
         handlers: Mapping[str, LocalHandler] | None = None,
         max_header_block: int = 64 * 1024,
+        websockets: WebSocketTunnel | None = None,
     ) -> None:
+        self._websockets = websockets
         self._handlers = dict(handlers or {})
         self._policy = policy
         self._auth = authenticator
@@ -138,6 +141,20 @@ class Pipeline:
             drop_authorization = identity.kind != "jwt"
         else:
             drop_authorization = _carries_gateway_key(policy, request.headers)
+        if route.websocket and self._websockets is not None and is_upgrade(request):
+            return await self._tunnel(
+                request,
+                policy,
+                route,
+                params,
+                identity,
+                decision,
+                costs,
+                path=encoded,
+                inject=inject,
+                drop_authorization=drop_authorization,
+                entry=entry,
+            )
         answered = False
         delivery = Delivery()
         started = time.perf_counter()
@@ -198,6 +215,58 @@ class Pipeline:
             # after the client has its response: the upstream already did the work
             await self._record_usage(policy, identity, route, params, reported)
         return response
+
+    async def _tunnel(
+        self,
+        request: web.Request,
+        policy: Policy,
+        route: Route,
+        params: dict[str, str],
+        identity: Identity | None,
+        decision: Decision | None,
+        costs: tuple[tuple[str, int], ...],
+        *,
+        path: str,
+        inject: dict[str, str],
+        drop_authorization: bool,
+        entry: Entry,
+    ) -> web.StreamResponse:
+        """A WebSocket route's upgrade: metered as one call like any request, then tunnelled.
+
+        The same settlement rule as the forwarder: refunded only when the upstream was never
+        reached; once its handshake began the call stays charged."""
+        assert self._websockets is not None
+        delivery = Delivery()
+        started = time.perf_counter()
+        try:
+            upstream = await self._websockets.open(
+                request,
+                path,
+                inject=inject,
+                drop_authorization=drop_authorization,
+                delivery=delivery,
+            )
+        except Exception:
+            await self._settle(
+                policy,
+                identity,
+                route,
+                params,
+                decision,
+                costs,
+                delivered=delivery.sent,
+                ok=False,
+                entry=entry,
+            )
+            raise
+        entry.upstream_seconds = time.perf_counter() - started
+        await self._settle(
+            policy, identity, route, params, decision, costs, delivered=True, ok=True, entry=entry
+        )
+        states = decision.states if decision is not None else ()
+        extra = decide.rate_limit_headers(states, self._clock.now())
+        extra[REQUEST_ID_HEADER] = entry.request_id
+        return await self._websockets.relay(request, upstream, extra)
 
     def _streamed_charge(
         self, policy: Policy, tier: Tier, route: Route, identity: Identity, entry: Entry

@@ -16,6 +16,7 @@ from yarl import URL
 from gateway.identity.tokens import SUPPORTED
 from gateway.metering.redis_store import check_db
 from gateway.policy.source import ConfigError, Node, load_source, root
+from gateway.proxy.pool import PoolSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,13 @@ class JwtSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamPool:
+    prefix: str
+    targets: tuple[tuple[URL, int], ...]  # (url, weight)
+    settings: PoolSettings
+
+
+@dataclass(frozen=True, slots=True)
 class CorsSettings:
     """Browser cross-origin access to the proxy listener (gateway/cors.py); off when no
     origin is allowed."""
@@ -133,6 +141,15 @@ class CorsSettings:
     expose_headers: tuple[str, ...] = ()
     allow_credentials: bool = False
     max_age_seconds: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """Tunnels on routes with ``websocket: true`` (gateway/proxy/websocket.py)."""
+
+    idle_seconds: float = 300.0  # no message either way for this long closes the tunnel
+    max_seconds: float = 3600.0  # a tunnel's whole life; 0 for no bound
+    max_message_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +231,10 @@ class Settings:
     identity_cache_entries: int = 10_000
     workers: int = 1
     upstreams: tuple[tuple[str, URL], ...] = (("/", URL("http://127.0.0.1:8000")),)
+    #: prefixes served by several targets (``targets:`` in the file): every target with its
+    #: weight, and the pool's balancing, health and breaker settings; the prefix's entry in
+    #: ``upstreams`` holds the first target
+    pools: tuple[UpstreamPool, ...] = ()
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
     # a pooled upstream connection idle longer than this is closed, never reused: below the
@@ -238,6 +259,7 @@ class Settings:
     accounts: AccountSettings = field(default_factory=AccountSettings)
     stripe: StripeSettings = field(default_factory=StripeSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
         """The admin API's bearer token, or None (the admin API is then disabled).
@@ -286,8 +308,10 @@ KEYS: dict[str, frozenset[str]] = {
             "stripe",
             "method_override_headers",
             "cors",
+            "websocket",
         }
     ),
+    "websocket": frozenset({"idle_seconds", "max_seconds", "max_message_bytes"}),
     "cors": frozenset(
         {
             "allow_origins",
@@ -320,7 +344,13 @@ KEYS: dict[str, frozenset[str]] = {
             "tolerance_seconds",
         }
     ),
-    "upstreams[]": frozenset({"prefix", "url"}),
+    "upstreams[]": frozenset({"prefix", "url", "targets", "balance", "eject", "health", "breaker"}),
+    "upstreams[].targets[]": frozenset({"url", "weight"}),
+    "upstreams[].eject": frozenset({"after", "seconds"}),
+    "upstreams[].health": frozenset({"path", "interval_seconds", "timeout_seconds"}),
+    "upstreams[].breaker": frozenset(
+        {"failure_ratio", "min_requests", "window_seconds", "open_seconds"}
+    ),
     "timeouts": frozenset(
         {"connect_seconds", "read_seconds", "pool_idle_seconds", "client_write_seconds"}
     ),
@@ -414,17 +444,28 @@ def _from_file(path: str) -> Settings:
         values["shutdown_grace_seconds"] = child.number()
     if (child := node.get("upstreams")) is not None:
         upstreams: list[tuple[str, URL]] = []
+        pools: list[UpstreamPool] = []
         for item in child.list():
-            item.mapping(allowed=set(KEYS["upstreams[]"]), required={"prefix", "url"})
+            item.mapping(allowed=set(KEYS["upstreams[]"]), required={"prefix"})
             prefix = item.child("prefix").str()
             if not prefix.startswith("/"):
                 raise item.child("prefix").fail("a prefix starts with '/'")
             if any(prefix == seen for seen, _ in upstreams):
                 raise item.child("prefix").fail(f"prefix {prefix!r} is listed twice")
-            upstreams.append((prefix, _convert(item.child("url"), parse_upstream)))
+            if ("url" in item.value) == ("targets" in item.value):
+                raise item.fail("give either url (one target) or targets (a pool)")
+            if "url" in item.value:
+                if any(k in item.value for k in ("balance", "eject", "health", "breaker")):
+                    raise item.fail("balance, eject, health and breaker need targets")
+                upstreams.append((prefix, _convert(item.child("url"), parse_upstream)))
+                continue
+            pool = _pool(prefix, item)
+            pools.append(pool)
+            upstreams.append((prefix, pool.targets[0][0]))
         if not upstreams:
             raise child.fail("list at least one upstream")
         values["upstreams"] = tuple(upstreams)
+        values["pools"] = tuple(pools)
     if (child := node.get("timeouts")) is not None:
         child.mapping(allowed=set(KEYS["timeouts"]))
         if (sub := child.get("connect_seconds")) is not None:
@@ -456,6 +497,16 @@ def _from_file(path: str) -> Settings:
         values["stripe"] = _stripe(child)
     if (child := node.get("cors")) is not None:
         values["cors"] = _cors(child)
+    if (child := node.get("websocket")) is not None:
+        child.mapping(allowed=set(KEYS["websocket"]))
+        ws: dict[str, Any] = {}
+        if (sub := child.get("idle_seconds")) is not None:
+            ws["idle_seconds"] = sub.number(minimum=0.001)
+        if (sub := child.get("max_seconds")) is not None:
+            ws["max_seconds"] = sub.number(minimum=0)
+        if (sub := child.get("max_message_bytes")) is not None:
+            ws["max_message_bytes"] = sub.int(minimum=1, maximum=1 << 30)
+        values["websocket"] = WebSocketSettings(**ws)
     return Settings(**values)
 
 
@@ -495,6 +546,53 @@ def _cors(node: Node) -> CorsSettings:
     if cors.allow_credentials and "*" in cors.allow_origins:
         raise node.fail("allow_credentials cannot be used with allow_origins '*'; list origins")
     return cors
+
+
+def _pool(prefix: str, item: Node) -> UpstreamPool:
+    """An upstream served by several targets: ``targets`` and its pool settings."""
+    targets: list[tuple[URL, int]] = []
+    for target in item.child("targets").list():
+        if isinstance(target.value, str):
+            targets.append((_convert(target, parse_upstream), 1))
+            continue
+        target.mapping(allowed=set(KEYS["upstreams[].targets[]"]), required={"url"})
+        weight_node = target.get("weight")
+        weight = weight_node.int(minimum=1, maximum=1000) if weight_node is not None else 1
+        targets.append((_convert(target.child("url"), parse_upstream), weight))
+    if not targets:
+        raise item.child("targets").fail("list at least one target")
+    values: dict[str, Any] = {}
+    if (node := item.get("balance")) is not None:
+        values["balance"] = node.str(choices=("least_pending", "round_robin"))
+    if (node := item.get("eject")) is not None:
+        node.mapping(allowed=set(KEYS["upstreams[].eject"]))
+        if (sub := node.get("after")) is not None:
+            values["eject_after"] = sub.int(minimum=0)
+        if (sub := node.get("seconds")) is not None:
+            values["eject_seconds"] = sub.number(minimum=0.001)
+    if (node := item.get("health")) is not None:
+        node.mapping(allowed=set(KEYS["upstreams[].health"]), required={"path"})
+        path = node.child("path").str(max_len=2000)
+        if not path.startswith("/"):
+            raise node.child("path").fail("a health check path starts with '/'")
+        values["health_path"] = path
+        if (sub := node.get("interval_seconds")) is not None:
+            values["health_interval"] = sub.number(minimum=0.01)
+        if (sub := node.get("timeout_seconds")) is not None:
+            values["health_timeout"] = sub.number(minimum=0.01)
+    if (node := item.get("breaker")) is not None:
+        node.mapping(allowed=set(KEYS["upstreams[].breaker"]), required={"failure_ratio"})
+        ratio = node.child("failure_ratio").number(minimum=0.0)
+        if ratio > 1:
+            raise node.child("failure_ratio").fail("a ratio is at most 1")
+        values["breaker_ratio"] = ratio
+        if (sub := node.get("min_requests")) is not None:
+            values["breaker_min_requests"] = sub.int(minimum=1)
+        if (sub := node.get("window_seconds")) is not None:
+            values["breaker_window"] = sub.number(minimum=0.01)
+        if (sub := node.get("open_seconds")) is not None:
+            values["breaker_open_seconds"] = sub.number(minimum=0.01)
+    return UpstreamPool(prefix, tuple(targets), PoolSettings(**values))
 
 
 def _accounts(node: Node) -> AccountSettings:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.proxy.forward import target_label
+from gateway.proxy.pool import target_label
 from tests.conftest import ROOT, GatewayFactory, Harness, Upstream
 from tests.live_scrape import scrape
 from tests.ops_policy import ops_policy, write_policy

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from gateway.proxy.forward import target_label
+from gateway.proxy.pool import target_label
 from gateway.settings import Limits
 from tests.conftest import GatewayFactory, Harness
 

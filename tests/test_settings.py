@@ -57,7 +57,23 @@ def test_the_example_config_loads_with_the_documented_values() -> None:
 def test_the_example_config_covers_every_key_and_documents_each() -> None:
     text = EXAMPLE.read_text()
     data = yaml.safe_load(text)
-    assert keys_in(data) == {section: set(keys) for section, keys in KEYS.items()}
+    # an upstream pool's keys would change the defaults the example documents: they are
+    # shown as a commented example, which must load and name every one of them
+    pool_sections = {s for s in KEYS if s.startswith("upstreams[].")}
+    block = text.partition("# (upstreams-pool-example):\n")[2].splitlines()
+    example = [line.replace("#", " ", 1) for line in block[: next(
+        i for i, line in enumerate(block) if not line.startswith("  #")
+    )]]  # fmt: skip
+    pool = yaml.safe_load("\n".join(example))
+    assert keys_in({"upstreams": pool})["upstreams[]"] == set(KEYS["upstreams[]"]) - {"url"}
+    assert set(pool[0]["targets"][0]) == set(KEYS["upstreams[].targets[]"])
+    for section in pool_sections - {"upstreams[].targets[]"}:
+        assert set(pool[0][section.partition(".")[2]]) == set(KEYS[section]), section
+    found = keys_in(data)
+    assert found == {s: set(keys) for s, keys in KEYS.items() if s not in pool_sections} | {
+        "upstreams[]": found["upstreams[]"]
+    }
+    assert found["upstreams[]"] == {"prefix", "url"}
     lines = text.splitlines()
     for number, line in enumerate(lines):
         stripped = line.strip()

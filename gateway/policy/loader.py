@@ -511,6 +511,7 @@ def _routes(
                 "body_meter",
                 "shadow",
                 "path_matching",
+                "websocket",
             },
             required={"name", "path"},
         )
@@ -576,6 +577,13 @@ def _routes(
                 raise body_node.fail("body_meter names a gauge whose unit is bytes")
             if not auth:
                 raise body_node.fail("a route without auth cannot meter")
+        websocket = False
+        if (ws_node := item.get("websocket")) is not None:
+            websocket = ws_node.bool()
+            if websocket and (answer is not None or body_meter is not None):
+                raise ws_node.fail("a WebSocket route is forwarded: no answer, no body_meter")
+            if websocket and methods is not None and "GET" not in methods:
+                raise ws_node.fail("a WebSocket handshake is a GET: list GET in methods")
         routes.append(
             Route(
                 name=name,
@@ -596,6 +604,7 @@ def _routes(
                 literals=literals,
                 slash=slash,
                 path_matching=path_matching(item.get("path_matching"), matching),
+                websocket=websocket,
             )
         )
     return tuple(routes)

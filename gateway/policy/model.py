@@ -94,6 +94,9 @@ class Route:
     # the storage limit is refused before it is forwarded (the upstream's report settles it)
     body_meter: str | None = None
     shadow: bool = False
+    # an `Upgrade: websocket` GET is tunnelled (gateway/proxy/websocket.py) after the same
+    # identify, gate and meter phases; elsewhere Upgrade is a hop-by-hop header and dropped
+    websocket: bool = False
     # Upstreams (Express, Spring, Rails, ...) often route case-insensitively and ignore a
     # trailing slash, so ``/api/Payments/x/`` is served as ``/api/payments/x``. ``loose``
     # matches those spellings too (literal segments in any case, with a trailing dot or

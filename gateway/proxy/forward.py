@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import time
 from collections.abc import (
     AsyncIterator,
@@ -28,6 +29,7 @@ from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
     RequestTimeout,
+    UpstreamCircuitOpen,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -38,6 +40,7 @@ from gateway.proxy.headers import (
     header_family,
     upstream_request_headers,
 )
+from gateway.proxy.pool import CircuitOpen, Pool, Target
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,30 +51,29 @@ HEADERS_SENT = web.RequestKey("gateway.headers_sent", float)
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
+    """A path prefix and the pool of targets that serve it (one target for a plain ``url``)."""
+
     prefix: str
-    url: URL
-    # computed once: the prefix test and the URL head every forwarded path is appended to
+    pool: Pool
+    # computed once: the prefix test
     _under: str = field(init=False, repr=False, compare=False)
-    _base: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_under", self.prefix.rstrip("/") + "/")
-        # scheme, credentials, host and port as configured, without the trailing slash
-        authority = str(self.url.with_path("/"))[:-1]
-        object.__setattr__(self, "_base", authority + self.url.raw_path.rstrip("/"))
 
     def serves(self, path: str) -> bool:
         return self._under == "/" or path == self.prefix or path.startswith(self._under)
 
-    def url_for(self, encoded_path: str, raw_query: str) -> URL:
-        """The upstream URL for a canonical, already encoded path and the client's raw query.
+    def url_for(self, target: Target, encoded_path: str, raw_query: str) -> URL:
+        """The URL on ``target`` for a canonical, already encoded path and the client's raw
+        query.
 
         Built from strings with ``encoded=True`` so neither the path nor the query is decoded
         and re-encoded on the way: the upstream gets exactly the bytes that were matched."""
-        target = self._base + encoded_path
+        url = target.base + encoded_path
         if raw_query:
-            target += "?" + raw_query
-        return URL(target, encoded=True)
+            url += "?" + raw_query
+        return URL(url, encoded=True)
 
 
 class Upstreams:
@@ -104,12 +106,6 @@ class Delivery:
     may have been written, the upstream may have acted on it, and the call stays charged."""
 
     sent: bool = False
-
-
-def target_label(url: URL) -> str:
-    """``host:port`` of an upstream URL, the ``upstream`` label of its metrics."""
-    host = url.host or ""
-    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
 
 
 class _BodyLimit(Exception):
@@ -151,7 +147,10 @@ class Forwarder:
         self._session: aiohttp.ClientSession | None = None
         self._upstreams = upstreams
         # labelled by the target's host:port: bounded by the config, free of any credentials
-        self._observed = {u.prefix: metrics.upstream(target_label(u.url)) for u in upstreams}
+        self._observed = {
+            t.label: metrics.upstream(t.label) for u in upstreams for t in u.pool.targets
+        }
+        self._retries = metrics.upstream_retries
         self._max_body = max_body_bytes
         # a client may neither go silent mid-body nor trickle it forever, and must read
         # what it asked for: each holds a handler and an upstream connection
@@ -204,85 +203,121 @@ class Forwarder:
         response (relaying it to a client that may vanish) keeps its own exceptions.
         ``delivery`` tells the caller afterwards whether the upstream may have received it.
         """
-        upstream = self._upstreams.pick(path)
-        if upstream is None:
-            raise UpstreamUnavailable("no upstream is configured for this path")
+        upstream = self.target(path)
         declared = request.content_length
         if declared is not None and declared > self._max_body:
             raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes")
-        headers = upstream_request_headers(
-            request.headers,
-            drop_authorization=drop_authorization,
-            inject=inject,
-            strip=self._strip,
+        headers = self.upstream_headers(
+            request, inject=inject, drop_authorization=drop_authorization
         )
-        self._forwarding_headers(request, headers)
         data = None
         if request.body_exists:
             # admitted by every check: only now is a client waiting on Expect told to send
             await send_continue(request)
-            data = self._limited(request, body_meter)
             if declared is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(declared)
         if self._session is None:
             raise RuntimeError("Forwarder used before the app started")
-        url = upstream.url_for(path, request.raw_path.partition("?")[2])
-        observed = self._observed[upstream.prefix]
-        started = time.perf_counter()
-        delivery.sent = True
-        try:
-            response = await self._session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=self._timeout,
-                compress=False,
-                chunked=None,
-            )
-        except aiohttp.ConnectionTimeoutError as exc:
-            # no connection in time (pool slot or connect): not a byte was written
-            delivery.sent = False
-            if self._pool_size and self._relaying >= self._pool_size:
-                raise GatewayBusy(
-                    "every upstream connection is busy relaying a response; try again",
-                    headers={"Retry-After": "1"},
+        pool = upstream.pool
+        query = request.raw_path.partition("?")[2]
+        tried: list[Target] = []
+        while True:
+            try:
+                target = pool.pick(tried)
+            except CircuitOpen as exc:
+                if tried:  # every target was tried and none was reached: say why
+                    raise UpstreamUnavailable("no upstream target accepted the connection") from exc
+                delivery.sent = False
+                raise UpstreamCircuitOpen(
+                    str(exc), headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
                 ) from exc
-            observed.timeout.inc()
-            raise UpstreamTimeout("the upstream did not accept a connection in time") from exc
-        except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
-            observed.timeout.inc()
-            raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except aiohttp.ClientConnectorError as exc:
-            # refused, unreachable, or the TLS handshake failed: nothing was written
-            delivery.sent = False
-            observed.refused.inc()
-            raise UpstreamUnavailable("the upstream refused the connection") from exc
-        except aiohttp.ClientError as exc:
-            # aiohttp wraps what the upload stream raised: those are the client's doing, and
-            # must not count against the upstream
-            if isinstance(exc.__cause__, _BodyLimit):
-                raise PayloadTooLarge(f"the body is larger than {self._max_body} bytes") from exc
-            if isinstance(exc.__cause__, _BodyBroken):
-                raise BadRequest("the request body broke off before it was complete") from exc
-            if isinstance(exc.__cause__, _BodyStalled):
-                raise RequestTimeout(str(exc.__cause__)) from exc
-            if isinstance(exc.__cause__, _BodyRefused):
-                raise exc.__cause__.error from exc
-            observed.refused.inc()
-            raise UpstreamUnavailable("the upstream dropped the connection") from exc
+            observed = self._observed[target.label]
+            if tried:
+                self._retries.labels(tried[-1].label).inc()
+            pool.begin(target)
+            if request.body_exists:
+                # a new stream each attempt: an attempt that never connected never read it
+                data = self._limited(request, body_meter)
+            started = time.perf_counter()
+            delivery.sent = True
+            try:
+                response = await self._session.request(
+                    request.method,
+                    upstream.url_for(target, path, query),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                    compress=False,
+                    chunked=None,
+                )
+            except aiohttp.ConnectionTimeoutError as exc:
+                # no connection in time (pool slot or connect): not a byte was written
+                delivery.sent = False
+                if self._pool_size and self._relaying >= self._pool_size:
+                    pool.cancel(target)
+                    raise GatewayBusy(
+                        "every upstream connection is busy relaying a response; try again",
+                        headers={"Retry-After": "1"},
+                    ) from exc
+                pool.done(target, "unreached")
+                observed.timeout.inc()
+                tried.append(target)
+                if self._another(pool, tried):
+                    continue
+                raise UpstreamTimeout("the upstream did not accept a connection in time") from exc
+            except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
+                pool.done(target, "failure")
+                observed.timeout.inc()
+                raise UpstreamTimeout("the upstream did not answer in time") from exc
+            except aiohttp.ClientConnectorError as exc:
+                # refused, unreachable, or the TLS handshake failed: nothing was written, so
+                # another target may take the request (the refund's rule, the retry's rule)
+                delivery.sent = False
+                pool.done(target, "unreached")
+                observed.refused.inc()
+                tried.append(target)
+                if self._another(pool, tried):
+                    continue
+                raise UpstreamUnavailable("the upstream refused the connection") from exc
+            except aiohttp.ClientError as exc:
+                # aiohttp wraps what the upload stream raised: those are the client's doing,
+                # and must not count against the upstream
+                cause = exc.__cause__
+                if isinstance(cause, _BodyLimit | _BodyBroken | _BodyStalled | _BodyRefused):
+                    pool.cancel(target)
+                if isinstance(cause, _BodyLimit):
+                    raise PayloadTooLarge(
+                        f"the body is larger than {self._max_body} bytes"
+                    ) from exc
+                if isinstance(cause, _BodyBroken):
+                    raise BadRequest("the request body broke off before it was complete") from exc
+                if isinstance(cause, _BodyStalled):
+                    raise RequestTimeout(str(cause)) from exc
+                if isinstance(cause, _BodyRefused):
+                    raise cause.error from exc
+                pool.done(target, "failure")
+                observed.refused.inc()
+                raise UpstreamUnavailable("the upstream dropped the connection") from exc
+            break
         observed.answered(route, response.status, time.perf_counter() - started)
         self._relaying += 1
+        failed = response.status >= 500
         try:
             yield response
         except UpstreamBroken:
+            failed = True
             observed.broken.inc()
             raise
         finally:
             # back to the pool when the body was read to the end, closed otherwise
             self._relaying -= 1
             response.release()
+            pool.done(target, "failure" if failed else "ok")
+
+    @staticmethod
+    def _another(pool: Pool, tried: list[Target]) -> bool:
+        return any(t not in tried and pool.available(t) for t in pool.targets)
 
     async def _limited(
         self, request: web.Request, body_meter: BodyMeter | None
@@ -323,6 +358,32 @@ class Forwarder:
                     # charged before it is sent: the upstream never gets an unpaid byte
                     raise _BodyRefused(exc) from exc
             yield chunk
+
+    def upstream_headers(
+        self, request: web.Request, *, inject: Mapping[str, str], drop_authorization: bool
+    ) -> CIMultiDict[str]:
+        """What the upstream gets as headers, for a request or a WebSocket handshake alike."""
+        headers = upstream_request_headers(
+            request.headers,
+            drop_authorization=drop_authorization,
+            inject=inject,
+            strip=self._strip,
+        )
+        self._forwarding_headers(request, headers)
+        return headers
+
+    def target(self, path: str) -> Upstream:
+        """The upstream serving ``path``."""
+        upstream = self._upstreams.pick(path)
+        if upstream is None:
+            raise UpstreamUnavailable("no upstream is configured for this path")
+        return upstream
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Forwarder used before the app started")
+        return self._session
 
     def _forwarding_headers(self, request: web.Request, headers: CIMultiDict[str]) -> None:
         # A client's own X-Forwarded-* were stripped with the other spoofable headers; only a
