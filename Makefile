@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench bench-clients clean
+.PHONY: install demo test lint bench bench-clients bench-redis mutate clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench-clients: install  ## on demand: upstream clients, then proxy-port listener
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.upstream_clients
 	$(BIN)/python -m bench.listeners
+
+bench-redis: install  ## on demand: consume.lua decisions/s beside INCR and a minimal EVALSHA
+	$(BIN)/python -m bench.redis_decisions
+mutate: install  ## mutation testing of one module or package: make mutate MODULE=gateway/api/stripe.py
+	$(BIN)/mutmut run "$(subst /,.,$(basename $(MODULE))).*"
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -28,7 +28,6 @@ from gateway.boundary import error_boundary
 from gateway.cors import Cors
 from gateway.identity.cache import IdentityCache, follow
 from gateway.identity.jwks import JwksClient
-from gateway.identity.locks import Locks
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
 from gateway.identity.sessions import Sessions
@@ -180,7 +179,7 @@ def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHan
             settings=settings.accounts,
             trusted_proxies=settings.trusted_proxies,
         ),
-        ProjectsApi(registry=gateway.registry, locks=Locks(gateway.store, gateway.clock)),
+        ProjectsApi(registry=gateway.registry),
         TiersApi(store=gateway.store, stripe=stripe),
         billing_api(gateway),
         StripeWebhook(
@@ -334,7 +333,12 @@ def admin_app(gateway: Gateway) -> web.Application:
     )
     app[GATEWAY] = gateway
     app[BODY_DEADLINES] = body_deadlines(gateway.settings)
-    ops = OpsApi(store=gateway.store, metrics=gateway.metrics, workers=gateway.settings.workers)
+    ops = OpsApi(
+        store=gateway.store,
+        metrics=gateway.metrics,
+        policy=gateway.policy,
+        workers=gateway.settings.workers,
+    )
     admin = AdminApi(policy=gateway.policy, registry=gateway.registry, store=gateway.store)
     accounts = AdminAccountsApi(
         policy=gateway.policy,

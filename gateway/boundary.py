@@ -81,9 +81,11 @@ def error_boundary(*, metrics: Metrics | None) -> Middleware:
         except web.HTTPException as exc:
             # aiohttp's own refusals (e.g. 413 from request.read()) in our JSON shape
             outcome = "bad_request" if exc.status < 500 else "error"
+            allow = exc.headers.get("Allow")  # a 405 says what is allowed (RFC 9110)
             return web.json_response(
                 {"code": exc.reason.upper().replace(" ", "_"), "message": exc.text or exc.reason},
                 status=exc.status,
+                headers=None if allow is None else {"Allow": allow},
             )
         except Exception:
             outcome = "error"

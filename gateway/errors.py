@@ -89,6 +89,21 @@ class NotFound(GatewayError):
     outcome = "not_found"
 
 
+class MethodNotAllowed(GatewayError):
+    """A method the gateway does not answer on a path it answers itself; ``Allow`` lists
+    the ones it does (RFC 9110)."""
+
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+    outcome = "bad_request"
+
+    def __init__(self, method: str, path: str, allowed: frozenset[str]) -> None:
+        listed = ", ".join(sorted(allowed))
+        super().__init__(
+            f"{method} is not allowed on {path}; allowed: {listed}", headers={"Allow": listed}
+        )
+
+
 class RequestTimeout(GatewayError):
     status = 408
     code = "REQUEST_TIMEOUT"

@@ -11,7 +11,13 @@ from multidict import CIMultiDictProxy
 
 from gateway.accesslog import ENTRY, REQUEST_ID_HEADER, Entry
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import HeadersTooLarge, NotFound, PolicyRefusal, Unauthenticated
+from gateway.errors import (
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    PolicyRefusal,
+    Unauthenticated,
+)
 from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import decide
 from gateway.metering.clock import Clock
@@ -69,6 +75,13 @@ class Pipeline:
         policy = self._policy.current
         path, encoded = canonical_path(request.raw_path.partition("?")[0])
         matched = policy.resolve(request.method, path)
+        if matched is None or matched.route.methods is None or matched.route.answer is not None:
+            # a path the gateway answers itself (its first `answer:` route claiming the path)
+            # takes only the methods listed for it: another (TRACE, a typo'd verb) is a 405,
+            # never forwarded, unless a route naming that method comes first
+            allowed = policy.answered_methods(path)
+            if allowed and request.method not in allowed:
+                raise MethodNotAllowed(request.method, path, allowed)
         if matched is None:
             raise NotFound(f"no route for {request.method} {path}")
         route, params = matched.route, matched.params

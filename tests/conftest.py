@@ -115,8 +115,14 @@ async def upstream(aiohttp_server: Any) -> Upstream:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test module that sets ``STORES = ("memory", "redis")`` runs each test on each store."""
+    """A test module that sets ``STORES = ("memory", "redis")`` runs each test on each store.
+
+    ``"cluster"`` adds the local three-primary Redis Cluster (decision scripts across slots).
+    A module without STORES runs on memory only; its docstring says why that is enough."""
     stores = getattr(metafunc.module, "STORES", None)
+    # @pytest.mark.stores("redis") narrows one test (a frozen server, a memory-only check)
+    if (marker := metafunc.definition.get_closest_marker("stores")) is not None:
+        stores = marker.args
     if stores and "store_kind" in metafunc.fixturenames:
         metafunc.parametrize("store_kind", stores, indirect=True)
 
@@ -130,10 +136,12 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 def store_factory(
     store_kind: str, request: pytest.FixtureRequest
 ) -> Callable[[FakeClock], Awaitable[Store]]:
-    """How the harness gets its store: memory, or the shared redis-server emptied for the test.
+    """How the harness gets its store: memory, or this worker's redis-server or Cluster,
+    emptied for the test.
 
     Suites with a store of their own (counting, slowed, failing) override this fixture."""
-    redis_url = request.getfixturevalue("redis_url") if store_kind == "redis" else None
+    urls = {"redis": "redis_url", "cluster": "cluster_url"}
+    redis_url = request.getfixturevalue(urls[store_kind]) if store_kind in urls else None
 
     async def make(clock: FakeClock) -> Store:
         if redis_url is not None:

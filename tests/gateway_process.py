@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +40,12 @@ class Served:
 
 
 @contextmanager
-def serve_gateway(*args: str, log_path: Path) -> Iterator[Served]:
-    """Run `python -m gateway serve ARGS` on free ports with this tree's code; SIGTERM at exit."""
+def serve_gateway(
+    *args: str, log_path: Path, env: Mapping[str, str] | None = None
+) -> Iterator[Served]:
+    """Run `python -m gateway serve ARGS` on free ports with this tree's code; SIGTERM at exit.
+
+    ``env`` adds to (or overrides) the test's environment for the process."""
     proxy, admin = free_port(), free_port()
     command = [
         sys.executable, "-m", "gateway", "serve",
@@ -49,9 +53,14 @@ def serve_gateway(*args: str, log_path: Path) -> Iterator[Served]:
         "--admin-listen", f"127.0.0.1:{admin}",
         *args,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        **(env or {}),
+    }
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        process = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=log, stderr=log)
         try:
             yield Served(process, f"http://127.0.0.1:{proxy}", f"http://127.0.0.1:{admin}")
         finally:

@@ -9,8 +9,9 @@ from gateway.policy.loader import load_policy
 from tests.conftest import POLICIES, GatewayFactory, Harness
 from tests.test_agentstack import ANON_403_PAYMENTS, seed_fields
 
-# every test here runs on the embedded store and on a real redis-server
-STORES = ("memory", "redis")
+# every test here runs on the embedded store, a real redis-server and the local Redis Cluster
+# (the decision scripts with an account's keys in one slot of three primaries)
+STORES = ("memory", "redis", "cluster")
 
 BILLING = load_policy(POLICIES / "agentstack.yaml").billing
 

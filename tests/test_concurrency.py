@@ -8,8 +8,9 @@ from typing import Any
 
 from tests.conftest import GatewayFactory
 
-# every test here runs on the embedded store and on a real redis-server
-STORES = ("memory", "redis")
+# every test here runs on the embedded store, a real redis-server and the local Redis Cluster
+# (the decision scripts with an account's keys in one slot of three primaries)
+STORES = ("memory", "redis", "cluster")
 
 RACERS = 500
 LEFT = 50

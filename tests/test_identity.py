@@ -1,4 +1,7 @@
-"""API keys through real HTTP: where they are read from, malformed, unknown, revoked, at rest."""
+"""API keys through real HTTP: where they are read from, malformed, unknown, revoked, at rest.
+
+Memory only: a counting memory store proves which requests make no record lookup at all; key
+records on redis-server are exercised by test_admin_api.py and test_lifecycle_*.py (STORES)."""
 
 from __future__ import annotations
 

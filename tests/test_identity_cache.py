@@ -1,4 +1,7 @@
-"""The per-process identity cache: bounded, expiring, and emptied by invalidations."""
+"""The per-process identity cache: bounded, expiring, and emptied by invalidations.
+
+No store: the cache is in-process; invalidations arriving over a real store's pub/sub are
+tested in test_redis_e2e.py (a revoked key reaches every process on redis-server)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,10 @@ from jwt.algorithms import ECAlgorithm
 from gateway.settings import JwtSettings, Limits
 from tests.conftest import JWT_SECRET, GatewayFactory, Harness, mint, org_headers
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 CALL = "/api/v1/agents"  # the AgentIdP catch-all route: one API call per request
 
 
@@ -306,3 +310,33 @@ async def test_an_oversized_token_is_refused(make_gateway: GatewayFactory) -> No
     await assert_refused(gw, bearer(mint({"organization_id": "acme", "pad": "x" * 9000})))
     status, _, _ = await call(gw, bearer(mint({"organization_id": "acme", "pad": "x" * 5000})))
     assert status == 200
+
+
+# HS256 tokens minted outside the gateway's code, by a shell pipeline (key: JWT_SECRET):
+#   b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+#   H=$(printf '%s' '{"alg":"HS256","typ":"JWT"}' | b64url)
+#   B=$(printf '%s' '{"organization_id":"org-vector","exp":4102444800}' | b64url)
+#   S=$(printf '%s' "$H.$B" | openssl dgst -sha256 -hmac "$JWT_SECRET" -binary | b64url)
+#   echo "$H.$B.$S"
+VECTOR_TOKEN = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJvcmdhbml6YXRpb25faWQiOiJvcmctdmVjdG9yIiwiZXhwIjo0MTAyNDQ0ODAwfQ"
+    ".EmcS9cAbpUqNJVPkaglS9KK2qgFcvTra-jsBAWZAW3M"
+)
+# the same header and signature over {"organization_id":"org-victim","exp":4102444800}
+VECTOR_TAMPERED = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJvcmdhbml6YXRpb25faWQiOiJvcmctdmljdGltIiwiZXhwIjo0MTAyNDQ0ODAwfQ"
+    ".EmcS9cAbpUqNJVPkaglS9KK2qgFcvTra-jsBAWZAW3M"
+)
+
+
+async def test_a_token_minted_outside_the_gateway_is_accepted_and_a_changed_claim_refused(
+    make_gateway: GatewayFactory,
+) -> None:
+    assert JWT_SECRET == "test-jwt-secret-that-is-long-enough-for-hs256"  # the vector's key
+    gw = await make_gateway("agentidp")
+    status, body, _ = await call(gw, bearer(VECTOR_TOKEN))
+    assert status == 200, body
+    assert gw.upstream.requests[-1].headers["X-Gateway-Organization"] == "org-vector"
+    await assert_refused(gw, bearer(VECTOR_TAMPERED))

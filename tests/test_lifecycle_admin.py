@@ -6,6 +6,9 @@ from tests.conftest import GatewayFactory
 from tests.test_lifecycle_anonymous import PASSWORD, bearer, provision
 from tests.test_lifecycle_conversion import conversion, convert
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 async def test_find_an_account_by_email_or_organisation(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway()
@@ -40,7 +43,7 @@ async def test_list_projects_keys_and_revoke(make_gateway: GatewayFactory) -> No
     anon = await provision(gw)
     account = str(anon["user_id"])
     resp = await gw.admin.get(f"/admin/accounts/{account}/projects", headers=gw.admin_headers)
-    assert [p["id"] for p in (await resp.json())["projects"]] == [str(anon["project_id"])]
+    assert [p["id"] for p in (await resp.json())["projects"]] == [anon["project_id"]]
     resp = await gw.admin.get(f"/admin/accounts/{account}/keys", headers=gw.admin_headers)
     keys = (await resp.json())["keys"]
     assert sorted(k["prefix"] for k in keys) == ["anon_ask_", "ask_"]

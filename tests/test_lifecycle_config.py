@@ -12,6 +12,9 @@ from gateway.policy.source import ConfigError
 from gateway.settings import load_settings
 from tests.conftest import POLICIES
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 def test_accounts_and_stripe_sections(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"

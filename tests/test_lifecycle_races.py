@@ -1,5 +1,8 @@
 """The lifecycle's races again, on a store that yields to the event loop inside every call
-as a remote store does, so racing requests really interleave between store round trips."""
+as a remote store does, so racing requests really interleave between store round trips.
+
+Memory only: the yielding store stages interleavings a real Redis produces by chance; the
+same flows run on redis-server through test_lifecycle_*.py's STORES."""
 
 from __future__ import annotations
 
@@ -54,11 +57,9 @@ class YieldingStore(MemoryStore):
         await asyncio.sleep(0)
         return await super().get_record(kind, record_id)
 
-    async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
-    ) -> bool:
+    async def put_record(self, kind: str, record_id: str, doc: dict[str, Any], **how: Any) -> bool:
         await asyncio.sleep(0)
-        return await super().put_record(kind, record_id, doc, only_if_absent=only_if_absent)
+        return await super().put_record(kind, record_id, doc, **how)
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
         await asyncio.sleep(0)

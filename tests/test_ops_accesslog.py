@@ -16,6 +16,9 @@ from gateway.replay import read_log, replay
 from tests.conftest import GatewayFactory, Harness, utc
 from tests.ops_policy import ops_policy, write_policy
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 async def _gateway(
     make_gateway: GatewayFactory, tmp_path: Path, name: str, text: str, log: Path

@@ -13,6 +13,9 @@ from tests.adversarial import RawUpstream, Received, Reply
 from tests.conftest import GatewayFactory, Harness
 from tests.ops_policy import ops_policy, write_policy
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 async def _setup(make_gateway: GatewayFactory, tmp_path: Path, **overrides: object) -> Harness:
     path = tmp_path / "ops.yaml"

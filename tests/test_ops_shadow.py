@@ -11,6 +11,9 @@ from gateway.policy.source import ConfigError
 from tests.conftest import GatewayFactory, Harness
 from tests.ops_policy import ops_policy, write_policy
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 
 async def _gateway(make_gateway: GatewayFactory, tmp_path: Path, text: str) -> Harness:
     path = tmp_path / "ops.yaml"

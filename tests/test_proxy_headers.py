@@ -13,6 +13,10 @@ from multidict import CIMultiDict
 from gateway.proxy.headers import HOP_BY_HOP
 from tests.conftest import JWT_SECRET, GatewayFactory
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 SPOOFED = CIMultiDict(
     [
         ("X-Gateway-Account", "acct_victim"),
@@ -84,7 +88,7 @@ async def test_spoofed_identity_headers_never_reach_the_upstream(
     assert gateway_headers(seen) == {
         "x-gateway-account": account,
         "x-gateway-tier": "free",
-        "x-gateway-project": project_id,
+        "x-gateway-project": str(project_id),
         "x-gateway-key-id": key["id"],
         "x-gateway-route": "api",
     }

@@ -14,6 +14,10 @@ from aiohttp import web
 from gateway.settings import Limits
 from tests.conftest import GatewayFactory, Harness
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 LIMIT = 1000
 
 

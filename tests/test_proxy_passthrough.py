@@ -14,6 +14,9 @@ from yarl import URL
 
 from tests.conftest import GatewayFactory, Harness
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
 GZIPPED = gzip.compress(b"quota gateway " * 4096, mtime=0)
 
 

@@ -15,6 +15,10 @@ from gateway.errors import BadRequest
 from gateway.proxy.path import canonical_path
 from tests.conftest import GatewayFactory, Harness
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 PAYMENTS_403_ERROR = "Anonymous users cannot process payments"
 
 

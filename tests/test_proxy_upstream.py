@@ -17,6 +17,10 @@ from gateway.proxy.pool import target_label
 from gateway.settings import Limits
 from tests.conftest import GatewayFactory, Harness
 
+# every test here runs on the embedded store and on a real redis-server
+STORES = ("memory", "redis")
+
+
 CHUNK = b"z" * 65536
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
+from gateway.errors import StoreUnavailable
 from gateway.metering.clock import FakeClock
 from gateway.metering.memory import MemoryStore
 from gateway.metering.redis_store import RedisStore
@@ -188,6 +190,23 @@ async def test_published_messages_reach_listeners(make_store: Make) -> None:
         await stream.aclose()  # type: ignore[attr-defined]
 
 
+async def test_swap_record_writes_only_over_the_version_read(make_store: Make) -> None:
+    first, second = make_store(), make_store()
+    assert await first.fetch_record("account", "7") == (None, None)
+    # "only if absent": one of two creators wins
+    assert await first.swap_record("account", "7", None, {"tier": "free"})
+    assert not await second.swap_record("account", "7", None, {"tier": "pro"})
+    doc, version = await second.fetch_record("account", "7")
+    assert doc == {"tier": "free"}
+    assert await first.swap_record("account", "7", version, {"tier": "pro"})
+    # the version second read is stale now: its write is refused and changes nothing
+    assert not await second.swap_record("account", "7", version, {"tier": "enterprise"})
+    assert await second.get_record("account", "7") == {"tier": "pro"}
+    doc, version = await second.fetch_record("account", "7")
+    assert await second.swap_record("account", "7", version, None)  # a delete
+    assert await first.get_record("account", "7") is None
+
+
 # -- Redis only --------------------------------------------------------------------------
 
 
@@ -205,6 +224,10 @@ async def test_every_window_key_expires_and_gauges_do_not(
     ttls = {k.decode(): client.ttl(k) for k in client.keys("gw:*")}
     gauge = "gw:{a:42}:m:triggers:42"
     assert ttls.pop(gauge) == -1
+    # each admitted decision leaves a short-lived marker for void.lua (late.py)
+    markers = {k: ttl for k, ttl in ttls.items() if k.startswith("gw:{a:42}:d:")}
+    assert len(markers) == 2 and all(0 < ttl <= 60 for ttl in markers.values()), markers
+    ttls = {k: ttl for k, ttl in ttls.items() if k not in markers}
     assert len(ttls) == 3
     assert all(0 < ttl <= 32 * 86400 for ttl in ttls.values()), ttls
 
@@ -283,4 +306,77 @@ async def test_cluster_keeps_an_accounts_meters_in_one_slot(
     for node in holders:
         keys = [k.decode() for k in node.client().keys("gw:*")]
         tags = {k.split("}")[0] for k in keys}
-        assert all(sum(1 for k in keys if k.startswith(t)) == 3 for t in tags)
+        meters = [k for k in keys if ":d:" not in k]
+        assert all(sum(1 for k in meters if k.startswith(t)) == 3 for t in tags)
+        # a decision's marker (late.py) lives in its account's slot too
+        assert all(any(k.startswith(t + "}:d:") for k in keys) for t in tags)
+
+
+async def test_a_decision_cut_off_by_a_frozen_server_never_counts(
+    own_redis: RedisServer, clock: FakeClock
+) -> None:
+    store = RedisStore(own_redis.url, clock=clock, timeout_ms=200)
+    try:
+        assert (await store.consume("42", [calls(None)])).admitted
+        own_redis.freeze()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.consume("42", [calls(None, cost=5)])
+        finally:
+            own_redis.thaw()  # Redis now reads the decision the gateway gave up on
+        await store.settle()
+        assert (await store.peek("42", [calls(None)]))[0].used == 1
+    finally:
+        await store.close()
+
+
+async def test_void_gives_back_a_decision_whose_answer_was_lost(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """A decision that ran but whose answer never arrived (sent here by hand with its id):
+    voiding it gives its units back, package and overage ledgers included, and a copy that
+    arrives after the void applies nothing."""
+    store = RedisStore(redis_url, clock=clock, timeout_ms=2000)
+    charge = Charge("api_calls", "42", "month", 3, 2, package=0, overage=True, history_ttl=-1)
+    base = "gw:{a:42}:m:api_calls:42"
+
+    def call(guard: tuple[Any, str, int]) -> tuple[list[str], list[Any]]:
+        # exactly what consume sends, with a decision id chosen here
+        return store.consume_call("42", [charge], guard=guard)
+
+    try:
+        assert (await store.consume("42", [charge])).admitted  # 2 allowance, 1 overage
+        raw = await store._script("consume", *call((0, "lost-1", 60000)))
+        assert int(raw[0]) == 1  # it ran: 6 used, 4 of them overage
+        await store._void("42", "lost-1", [charge])
+        state = (await store.peek("42", [charge]))[0]
+        assert (state.used, state.from_overage) == (3, 1)
+        day = f"{base}:h:{window('day', clock.now())[0]}"
+        assert await store.read("42", [day]) == [3]
+        # a copy of the voided decision, arriving late, is refused and changes nothing
+        raw = await store._script("consume", *call((0, "lost-1", 60000)))
+        assert int(raw[0]) == -1
+        # and so is one past its deadline in Redis time
+        raw = await store._script("consume", *call((time.time() - 1, "late-2", 60000)))
+        assert int(raw[0]) == -1
+        assert (await store.peek("42", [charge]))[0].used == 3
+    finally:
+        await store.close()
+
+
+async def test_a_record_with_a_ttl_goes_when_it_runs_out_and_others_stay(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.put_record("session", "short", {"n": 1}, ttl_seconds=1)
+    await store.put_record("account", "kept", {"n": 2})
+    assert await store.get_record("session", "short") == {"n": 1}
+    # the memory store runs on the injected clock, Redis on its own: wait for both
+    clock.advance(2)
+    async with asyncio.timeout(10):
+        while await store.get_record("session", "short") is not None:
+            await asyncio.sleep(0.05)
+    assert await store.get_record("account", "kept") == {"n": 2}
+    # a gone record is absent for only_if_absent too; rewriting without a ttl keeps it
+    assert await store.put_record("session", "short", {"n": 3}, only_if_absent=True)
+    clock.advance(2)
+    assert await store.get_record("session", "short") == {"n": 3}

@@ -263,3 +263,32 @@ async def test_concurrent_deliveries_of_one_event_apply_once(
     assert sorted(body["applied"] for _, body in results) == [False] * 4 + [True]
     assert all(status_code == 200 for status_code, _ in results)
     assert (await status(gw, token("org-storm")))["tier"] == "pro"
+
+
+# A fixed vector computed outside our code, so that a wrong scheme on both sides cannot agree:
+#   printf '%s' "1795608000.$VECTOR_PAYLOAD" \
+#     | openssl dgst -sha256 -hmac whsec_test_0123456789abcdef
+VECTOR_TIMESTAMP = 1795608000  # 2026-11-25T12:00:00Z, the harness clock
+VECTOR_PAYLOAD = (
+    b'{"id":"evt_vector","object":"event","type":"checkout.session.completed",'
+    b'"data":{"object":{"id":"cs_test_vector","object":"checkout.session",'
+    b'"payment_status":"paid","client_reference_id":"org-vector",'
+    b'"metadata":{"organization_id":"org-vector","target_tier":"pro"}}}}'
+)
+VECTOR_V1 = "0c3008c14315ae405e1c90fdb8ec1540393cd20b70d9f9dc3da97a43014cc929"
+
+
+async def test_a_signature_computed_outside_the_gateway_is_accepted(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    assert int(gw.clock.now()) == VECTOR_TIMESTAMP
+    assert sign(WEBHOOK_SECRET, VECTOR_TIMESTAMP, VECTOR_PAYLOAD) == VECTOR_V1
+    header = f"t={VECTOR_TIMESTAMP},v1={VECTOR_V1}"
+    # one changed hex digit of the same vector is refused
+    forged = f"t={VECTOR_TIMESTAMP},v1={VECTOR_V1[:-1]}8"
+    status_code, body = await deliver(gw, VECTOR_PAYLOAD, signature=forged)
+    assert (status_code, body["code"]) == (400, "SIGNATURE_INVALID")
+    status_code, body = await deliver(gw, VECTOR_PAYLOAD, signature=header)
+    assert (status_code, body["applied"]) == (200, True)
+    assert (await status(gw, token("org-vector")))["tier"] == "pro"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -11,9 +12,9 @@ from aiohttp import web
 from gateway.api.body import field, read_json
 from gateway.api.holdings import hold
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import Conflict, QuotaExceeded, Unauthenticated, ValidationError
+from gateway.errors import Conflict, Forbidden, QuotaExceeded, Unauthenticated, ValidationError
 from gateway.identity.passwords import hash_password, verify_password
-from gateway.identity.registry import Registry
+from gateway.identity.registry import Account, Registry
 from gateway.identity.sessions import Session, Sessions
 from gateway.identity.throttle import LoginLimits, LoginThrottle
 from gateway.identity.users import Users, normalise_email
@@ -178,10 +179,17 @@ class AccountsApi:
                 raise EmailTaken("this email is already registered")
             try:
                 await self._users.set_password_hash(account.id, await hash_password(password))
+
+                def convert(current: Account) -> Account:
+                    # decided on the stored account, not this process's cached copy
+                    if not current.is_anonymous:
+                        raise AlreadyConverted("this account has already been converted")
+                    return dataclasses.replace(
+                        current, tier=CONVERTED_TIER, is_anonymous=False, email=email, name=name
+                    )
+
                 # usage lives under the account id, so everything used so far carries over
-                account = await self._registry.update_account(
-                    account.id, tier=CONVERTED_TIER, is_anonymous=False, email=email, name=name
-                )
+                account, _ = await self._registry.change_account(account.id, convert)
             except BaseException:
                 await self._users.release_email(email)
                 raise
@@ -224,6 +232,7 @@ class AccountsApi:
     async def logout(self, ctx: LocalContext) -> web.Response:
         identity = ctx.require_identity()
         if identity.kind != "session" or identity.key_id is None:
-            raise ValidationError("log out with the session token in Authorization")
+            # authenticated, but a key has no session to end
+            raise Forbidden("log out with the session token in Authorization, not a key")
         await self._sessions.revoke(identity.key_id)
         return web.json_response({"success": True})

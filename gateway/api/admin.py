@@ -130,7 +130,7 @@ class AdminApi:
                 f"prefix must be one of: {', '.join(k.prefix for k in policy.key_types)}.",
                 details={"received": prefix},
             )
-        project_id = field(body, "project_id", str, required=False)
+        project_id = _project_id(body)
         if project_id is not None:
             project = await self._registry.project(project_id)
             if project is None or project.account_id != account.id:
@@ -208,3 +208,12 @@ async def usage_report(
         "tier": tier.name,
         "meters": {name: _state_json(state) for name, state in zip(names, states, strict=True)},
     }
+
+
+def _project_id(body: dict[str, Any]) -> str | None:
+    """An optional ``project_id``: the integer a project shows, or the same digits as text."""
+    value = body.get("project_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    found: str | None = field(body, "project_id", str, required=False)
+    return found

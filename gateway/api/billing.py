@@ -2,14 +2,17 @@
 
 Callers reach them as policy routes with ``answer:`` (``/api/billing/...``); ops reach the
 same operations on the admin listener (``/admin/accounts/{id}/...``). Packages and switches
-live on the account record, so a change reaches every process through the registry's
-cache invalidation and the next request's single consume already draws on it.
+live on the account record and are changed with ``Registry.change_account`` (one atomic
+step each, so racing purchases, grants and switches across processes all stay), reach
+every process through the registry's cache invalidation, and the next request's single
+consume already draws on them.
 """
 
 from __future__ import annotations
 
 import calendar
 import csv
+import dataclasses
 import io
 import re
 from typing import Any
@@ -19,7 +22,6 @@ from aiohttp import web
 from gateway.api.body import read_json
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import BadRequest, NotFound, ValidationError
-from gateway.identity.locks import Locks
 from gateway.identity.registry import Account, Registry
 from gateway.metering import decide
 from gateway.metering.clock import Clock
@@ -62,8 +64,6 @@ class BillingApi:
         self._registry = registry
         self._store = store
         self._clock = clock
-        # a purchase reads, checks and rewrites the account record: one at a time per account
-        self._locks = Locks(store, clock)
 
     def handlers(self) -> dict[str, LocalHandler]:
         return {
@@ -112,11 +112,10 @@ class BillingApi:
                 raise ValidationError(
                     f"{name} must be a boolean.", details={"field": name, "received": value}
                 )
-        async with self._locks.hold("account-billing", account_id):
-            account = await self._registry.require_account(account_id)
-            updated = await self._registry.update_account(
-                account_id, overage={**account.overage, **body}
-            )
+        # only the switches named change: a racing switch or tier change stays as it was
+        updated, _ = await self._registry.change_account(
+            account_id, lambda a: dataclasses.replace(a, overage={**a.overage, **body})
+        )
         return switches_json(billing, updated)
 
     # -- packages ---------------------------------------------------------------------------
@@ -138,26 +137,26 @@ class BillingApi:
         key = ctx.request.headers.get("Idempotency-Key")
         if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
             raise BadRequest("Idempotency-Key is 1 to 200 visible ASCII characters")
-        async with self._locks.hold("account-billing", identity.account_id):
-            if key is not None:
-                done = await self._store.get_record("purchase", f"{identity.account_id}:{key}")
-                if done is not None:
-                    # a retried purchase answers as the first did and buys nothing more
-                    return web.json_response(done, status=201)
-            package = sizes[size]
-            entry = await self._add_package(identity.account_id, package.kind, size, "purchase")
-            body = {"success": True, "package": entry, "price": money(package.price)}
-            if key is not None:
-                await self._store.put_record("purchase", f"{identity.account_id}:{key}", body)
+        entry = await self._add_package(
+            identity.account_id, sizes[size].kind, size, "purchase", idempotency_key=key
+        )
+        # a retried purchase answers as the first did (its package) and buys nothing more
+        body = {"success": True, "package": entry, "price": money(int(entry["price_cents"]))}
         return web.json_response(body, status=201)
 
     async def _add_package(
-        self, account_id: str, kind: str, size: str, source: str
+        self,
+        account_id: str,
+        kind: str,
+        size: str,
+        source: str,
+        *,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Append a package to the account (callers hold the account-billing lock)."""
+        """Append a package to the account in one atomic step; with an idempotency key,
+        only if no package was bought with it yet (then that package is returned)."""
         policy = self._policy.current
         package = _billing(policy).packages[kind][size]
-        account = await self._registry.require_account(account_id)
         entry = {
             "id": f"pkg_{await self._store.next_id('package')}",
             "kind": kind,
@@ -168,8 +167,22 @@ class BillingApi:
             "at": self._clock.now(),
             "source": source,
         }
-        await self._registry.update_account(account_id, packages=[*account.packages, entry])
-        return entry
+
+        def add(account: Account) -> Account:
+            if idempotency_key is not None and idempotency_key in account.purchases:
+                return account
+            purchases = account.purchases
+            if idempotency_key is not None:
+                purchases = {**purchases, idempotency_key: str(entry["id"])}
+            return dataclasses.replace(
+                account, packages=[*account.packages, entry], purchases=purchases
+            )
+
+        account, _ = await self._registry.change_account(account_id, add)
+        if idempotency_key is None:
+            return entry
+        bought = account.purchases[idempotency_key]
+        return next(p for p in account.packages if p["id"] == bought)
 
     # -- usage and statements ---------------------------------------------------------------
 
@@ -351,19 +364,20 @@ class BillingApi:
                 f"size must be one of: {', '.join(billing.packages[kind])}",
                 details={"field": "size", "received": size},
             )
-        async with self._locks.hold("account-billing", account.id):
-            entry = await self._add_package(account.id, kind, size, "grant")
+        entry = await self._add_package(account.id, kind, size, "grant")
         return web.json_response({"package": entry}, status=201)
 
     async def admin_remove(self, request: web.Request) -> web.Response:
         account_id = request.match_info["account_id"]
         package_id = request.match_info["package_id"]
-        async with self._locks.hold("account-billing", account_id):
-            account = await self._registry.require_account(account_id)
+
+        def remove(account: Account) -> Account:
             kept = [p for p in account.packages if p["id"] != package_id]
             if len(kept) == len(account.packages):
                 raise NotFound(f"account {account_id} holds no package {package_id!r}")
-            await self._registry.update_account(account_id, packages=kept)
+            return dataclasses.replace(account, packages=kept)
+
+        await self._registry.change_account(account_id, remove)
         return web.json_response({"removed": package_id})
 
     async def admin_statement(self, request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ handler runs); a handler that refuses answers 4xx, so what was taken is given ba
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,6 @@ from gateway.api.body import field, read_json
 from gateway.api.holdings import key_meter
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import Conflict, NotFound, ValidationError
-from gateway.identity.locks import Locks
 from gateway.identity.registry import ApiKey, Project, Registry
 
 #: the prefix of user keys a registered account creates (``anon_ask_`` is provisioning's)
@@ -27,11 +27,10 @@ def project_json(project: Project) -> dict[str, Any]:
 
 
 class ProjectsApi:
-    def __init__(self, *, registry: Registry, locks: Locks) -> None:
+    def __init__(self, *, registry: Registry) -> None:
+        # a project's state changes are atomic in the store (Registry.change_project), so two
+        # racing deactivations, or a deactivation and a deletion, free an active unit once
         self._registry = registry
-        # a project's state changes read, check and write: one at a time per project, so
-        # two racing deactivations cannot both free the same active unit
-        self._locks = locks
 
     def handlers(self) -> dict[str, LocalHandler]:
         return {
@@ -79,28 +78,29 @@ class ProjectsApi:
         return web.json_response({"projects": [project_json(p) for p in projects]})
 
     async def delete_project(self, ctx: LocalContext) -> web.Response:
-        project_id = ctx.params["id"]
-        async with self._locks.hold("project", project_id):
-            project = await self._own_project(ctx, project_id)
-            if not await self._registry.delete_project(project):
-                raise NotFound(f"no project {project.id!r}")
-            if project.active:
-                ctx.released.append(("active_projects", 1))
-            # its keys die with it, and so do the live counts they held
-            for key in await self._registry.keys(project.account_id):
-                if key.project_id == project.id and await self._registry.revoke_key_once(key.id):
-                    ctx.released.append((key_meter(key.kind), 1))
+        project = await self._own_project(ctx, ctx.params["id"])
+        removed = await self._registry.delete_project(project)
+        if removed is None:
+            raise NotFound(f"no project {project.id!r}")
+        if removed.active:
+            ctx.released.append(("active_projects", 1))
+        # its keys die with it, and so do the live counts they held
+        for key in await self._registry.keys(project.account_id):
+            if key.project_id == project.id and await self._registry.revoke_key_once(key.id):
+                ctx.released.append((key_meter(key.kind), 1))
         return web.json_response({"success": True, "project_id": int(project.id)})
 
     async def _set_active(self, ctx: LocalContext, active: bool) -> web.Response:
-        project_id = ctx.params["id"]
-        async with self._locks.hold("project", project_id):
-            project = await self._own_project(ctx, project_id)
+        own = await self._own_project(ctx, ctx.params["id"])
+
+        def switch(project: Project) -> Project:
             if project.active == active:
                 # a 4xx gives back what the route took and frees nothing
                 state = "active" if active else "inactive"
                 raise Conflict(f"project {project.id} is already {state}")
-            project = await self._registry.update_project(project.id, active=active)
+            return dataclasses.replace(project, active=active)
+
+        project, _ = await self._registry.change_project(own.id, switch)
         return web.json_response({"success": True, "project": project_json(project)})
 
     async def activate_project(self, ctx: LocalContext) -> web.Response:
@@ -152,7 +152,8 @@ class ProjectsApi:
             raise NotFound(f"no live key {key_id!r}")
         if key.kind != kind:
             other = "/api/user-api-keys" if key.kind == "user" else "/api/api-keys"
-            raise ValidationError(
+            # the key exists, but this endpoint revokes the other kind
+            raise Conflict(
                 f"{key_id} is a {key.kind} key: revoke it at {other}/{key_id}",
                 details={"key_id": key_id, "kind": key.kind},
             )

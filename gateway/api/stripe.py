@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -17,11 +18,10 @@ from gateway.api.body import parse_json, read_bounded
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import (
     BadRequest,
-    Conflict,
     GatewayError,
     UpstreamUnavailable,
 )
-from gateway.identity.registry import Registry, org_account_id
+from gateway.identity.registry import Account, Registry, org_account_id
 from gateway.identity.tokens import TENANT_ID
 from gateway.metering.clock import Clock
 from gateway.metering.store import Store
@@ -31,6 +31,8 @@ log = logging.getLogger("gateway.stripe")
 
 MAX_EVENT_BYTES = 256 * 1024
 COMPLETED = "checkout.session.completed"
+#: how long an applied event's id is remembered: Stripe retries a delivery for three days
+EVENT_TTL = 30 * 86400
 
 
 class PaymentsUnavailable(GatewayError):
@@ -163,7 +165,9 @@ class StripeWebhook:
         if event.get("type") != COMPLETED:
             return _received(event_id, applied=False, reason=f"ignored {event.get('type')!r}")
         claim = {"type": COMPLETED, "at": self._clock.now()}
-        if not await self._store.put_record("stripe_event", event_id, claim, only_if_absent=True):
+        if not await self._store.put_record(
+            "stripe_event", event_id, claim, only_if_absent=True, ttl_seconds=EVENT_TTL
+        ):
             return _received(event_id, applied=False, reason="duplicate event")
         try:
             return await self._apply(ctx, event_id, event)
@@ -185,17 +189,31 @@ class StripeWebhook:
         if obj.get("payment_status") not in (None, "paid", "no_payment_required"):
             return _received(event_id, applied=False, reason="payment not completed")
         account_id = org_account_id(organization_id)
-        account = await self._registry.account(account_id)
-        if account is None:
-            try:
-                await self._registry.create_account(tier, organization_id=organization_id)
-                return _received(event_id, applied=True, tier=tier)
-            except Conflict:
-                account = await self._registry.require_account(account_id)
-        # a payment only ever moves an organisation up; it never undoes a higher tier
-        if policy.tier(tier).rank <= policy.tier(account.tier).rank:
+        rank = policy.tier(tier).rank
+
+        def upgrade(account: Account) -> Account:
+            # a payment only ever moves an organisation up; it never undoes a higher tier.
+            # Compared with the tier as stored at the moment of the write (records.change),
+            # so two payments at once end on the higher, whichever lands first
+            if rank <= policy.tier(account.tier).rank:
+                return account
+            return dataclasses.replace(account, tier=tier)
+
+        def new_organisation() -> Account:
+            # a payment from an organisation never seen yet: it starts where every unknown
+            # organisation is served from, then the payment applies
+            return Account(
+                id=account_id,
+                tier=policy.default_tier,
+                created_at=self._clock.now(),
+                organization_id=organization_id,
+            )
+
+        account, changed = await self._registry.change_account(
+            account_id, upgrade, create=new_organisation
+        )
+        if not changed or account.tier != tier:
             return _received(event_id, applied=False, reason=f"already on {account.tier}")
-        await self._registry.update_account(account_id, tier=tier)
         return _received(event_id, applied=True, tier=tier)
 
 

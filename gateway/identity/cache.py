@@ -3,10 +3,13 @@
 Staleness bound: a registry write that changes a key or an account (revoke a key, change a
 tier, create an account) drops the entry in its own process at once and publishes on
 ``keys.INVALIDATION_CHANNEL``; every other process drops it as soon as the message arrives
-(normally milliseconds). If notifications are lost (the store is unreachable), entries still
+(normally milliseconds); a store read that was in flight when a change was announced does
+not fill the cache (``generation``), so it cannot put back what the change replaced. If
+notifications are lost (the store is unreachable), entries still
 expire after ``ttl`` seconds, and a listener that reconnects clears its whole cache because it
 may have missed messages. So a revoked key or a changed tier is honoured by every process
-within ``ttl`` seconds at worst (``identity_cache_ttl_seconds``, default 5).
+within ``ttl`` seconds at worst (``identity_cache_ttl_seconds``, default 5). Nothing that
+decides a write reads this cache: writes go through ``records.change``.
 
 While the store is unreachable, the registry answers from expired entries too (``stale``):
 no key can be revoked nor tier changed while the store is down, so this serves only what was
@@ -111,6 +114,9 @@ class IdentityCache:
         metrics: Metrics | None = None,
     ) -> None:
         self.ttl = ttl
+        #: grows with every invalidation: a read that started before one must not fill the
+        #: cache with what it read (it may predate the change announced)
+        self.generation = 0
         self.keys: TtlCache[object] = TtlCache(
             max_entries=max_entries,
             ttl=ttl,
@@ -125,6 +131,7 @@ class IdentityCache:
         )
 
     def invalidate(self, message: str) -> None:
+        self.generation += 1
         kind, _, ident = message.partition(":")
         if kind == "key":
             self.keys.discard(ident)
@@ -134,6 +141,7 @@ class IdentityCache:
             self.clear()
 
     def clear(self) -> None:
+        self.generation += 1
         self.keys.clear()
         self.accounts.clear()
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import Conflict, NotFound, StoreUnavailable
 from gateway.identity.cache import MISSING, IdentityCache
 from gateway.identity.keys import digest, new_key
+from gateway.identity.records import change
 from gateway.metering.clock import Clock
 from gateway.metering.keys import INVALIDATION_CHANNEL
 from gateway.metering.store import Store
@@ -29,9 +30,14 @@ class Account:
     packages: list[dict[str, Any]] = field(default_factory=list)
     #: overage switches: "enabled" (global) and one per switch the policy names
     overage: dict[str, bool] = field(default_factory=dict)
+    #: purchases by Idempotency-Key -> package id: kept with the packages so that a package
+    #: and its key are written together (a retried purchase finds what it bought)
+    purchases: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out["purchases"]
+        return out
 
     def package_units(self) -> Mapping[str, int]:
         """Purchased capacity per meter, summed over every package the account holds."""
@@ -51,7 +57,8 @@ class Project:
     active: bool = True
 
     def public(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # a project id is an integer on both APIs (the seed's `"project": {"id": 1}`)
+        return {**dataclasses.asdict(self), "id": int(self.id)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +137,12 @@ class Registry:
         return account
 
     async def account(self, account_id: str) -> Account | None:
+        """The account as this process knows it (cached): for serving requests, never for
+        deciding a write (``change_account`` reads the store)."""
         cached = self.cache.accounts.get(account_id)
         if cached is not MISSING:
             return cached if isinstance(cached, Account) else None
+        generation = self.cache.generation
         try:
             doc = await self._store.get_record("account", account_id)
         except StoreUnavailable:
@@ -141,7 +151,9 @@ class Registry:
                 raise
             return cached if isinstance(cached, Account) else None
         found: Account | None = _load(Account, doc)
-        self.cache.accounts.put(account_id, found)
+        # not if a change was announced while we read: what we read may predate it
+        if self.cache.generation == generation:
+            self.cache.accounts.put(account_id, found)
         return found
 
     async def require_account(self, account_id: str) -> Account:
@@ -150,12 +162,43 @@ class Registry:
             raise NotFound(f"no account {account_id!r}")
         return account
 
+    async def change_account(
+        self,
+        account_id: str,
+        rule: Callable[[Account], Account],
+        *,
+        create: Callable[[], Account] | None = None,
+    ) -> tuple[Account, bool]:
+        """Apply ``rule`` to the stored account in one atomic step (records.change): the
+        account as it now stands, and whether this call changed it.
+
+        ``rule`` gets the account as stored right now and returns it with only the fields
+        its writer means to change (or unchanged; or raises to refuse). An absent account
+        is ``create()``d and the rule applied to that, in the same step; without
+        ``create`` it is NotFound."""
+
+        def apply(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            if doc is None:
+                if create is None:
+                    raise NotFound(f"no account {account_id!r}")
+                return dataclasses.asdict(rule(create()))
+            current = _load(Account, doc)
+            wanted = rule(current)
+            # fields this version does not know (a newer gateway's) are kept as they are
+            return doc if wanted == current else {**doc, **dataclasses.asdict(wanted)}
+
+        doc, changed = await change(self._store, "account", account_id, apply)
+        if changed:
+            await self._changed("account", account_id)
+        account: Account = _load(Account, doc)
+        return account, changed
+
     async def update_account(self, account_id: str, **changes: Any) -> Account:
-        account = await self.require_account(account_id)
-        updated = dataclasses.replace(account, **changes)
-        await self._store.put_record("account", account_id, dataclasses.asdict(updated))
-        await self._changed("account", account_id)
-        return updated
+        """Set these fields of the stored account, leaving every other field as it is."""
+        account, _ = await self.change_account(
+            account_id, lambda current: dataclasses.replace(current, **changes)
+        )
+        return account
 
     async def create_project(self, account_id: str, name: str) -> Project:
         project = Project(
@@ -172,18 +215,39 @@ class Registry:
         found: Project | None = _load(Project, await self._store.get_record("project", project_id))
         return found
 
-    async def update_project(self, project_id: str, **changes: Any) -> Project:
-        project = await self.project(project_id)
-        if project is None:
-            raise NotFound(f"no project {project_id!r}")
-        updated = dataclasses.replace(project, **changes)
-        await self._store.put_record("project", project_id, dataclasses.asdict(updated))
-        return updated
+    async def change_project(
+        self, project_id: str, rule: Callable[[Project], Project]
+    ) -> tuple[Project, bool]:
+        """As ``change_account``, for a project (NotFound if absent)."""
 
-    async def delete_project(self, project: Project) -> bool:
-        """Remove a project; False if it was already gone (so a count is freed only once)."""
+        def apply(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            if doc is None:
+                raise NotFound(f"no project {project_id!r}")
+            current = _load(Project, doc)
+            wanted = rule(current)
+            return doc if wanted == current else {**doc, **dataclasses.asdict(wanted)}
+
+        doc, changed = await change(self._store, "project", project_id, apply)
+        project: Project = _load(Project, doc)
+        return project, changed
+
+    async def update_project(self, project_id: str, **changes: Any) -> Project:
+        project, _ = await self.change_project(
+            project_id, lambda current: dataclasses.replace(current, **changes)
+        )
+        return project
+
+    async def delete_project(self, project: Project) -> Project | None:
+        """Remove a project in one atomic step: the project as it was when removed, or None
+        if it was already gone (so what it held is freed only once)."""
+        removed: list[Project] = []
+
+        def remove(doc: dict[str, Any] | None) -> None:
+            removed[:] = [] if doc is None else [_load(Project, doc)]
+
+        _, changed = await change(self._store, "project", project.id, remove)
         await self._store.remove_member("projects", project.account_id, project.id)
-        return await self._store.delete_record("project", project.id)
+        return removed[0] if changed and removed else None
 
     async def projects(self, account_id: str) -> list[Project]:
         ids = await self._store.members("projects", account_id)
@@ -222,6 +286,7 @@ class Registry:
         cached = self.cache.keys.get(key_digest)
         if isinstance(cached, ApiKey):
             return cached
+        generation = self.cache.generation
         try:
             doc = await self._store.get_record("key", key_digest)
         except StoreUnavailable:
@@ -232,7 +297,8 @@ class Registry:
         record: ApiKey | None = _load(ApiKey, doc)
         # only live keys are cached: an unknown key costs a lookup, but never fills the cache
         # for long and a newly issued key works at once everywhere
-        if record is not None and record.revoked_at is None:
+        live = record is not None and record.revoked_at is None
+        if live and self.cache.generation == generation:
             self.cache.keys.put(key_digest, record)
         if record is None or record.revoked_at is not None:
             return None
@@ -246,26 +312,34 @@ class Registry:
         return found
 
     async def revoke_key(self, key_id: str) -> ApiKey:
-        record = await self.key(key_id)
-        if record is None:
-            raise NotFound(f"no key {key_id!r}")
-        if record.revoked_at is None:
-            record = dataclasses.replace(record, revoked_at=self._clock.now())
-            await self._store.put_record("key", record.digest, dataclasses.asdict(record))
-            await self._changed("key", record.digest)
+        record, _ = await self._revoke(key_id)
         return record
 
     async def revoke_key_once(self, key_id: str) -> ApiKey | None:
         """Revoke a live key; None if it was already revoked, even by a racing caller, so
         whatever the key held is freed exactly once."""
-        record = await self.key(key_id)
-        if record is None:
+        record, revoked = await self._revoke(key_id)
+        return record if revoked else None
+
+    async def _revoke(self, key_id: str) -> tuple[ApiKey, bool]:
+        """The key, revoked, and whether this call revoked it (one atomic step)."""
+        pointer = await self._store.get_record("key_id", key_id)
+        if pointer is None:
             raise NotFound(f"no key {key_id!r}")
-        if record.revoked_at is not None or not await self._store.put_record(
-            "key_revoked", key_id, {"at": self._clock.now()}, only_if_absent=True
-        ):
-            return None
-        return await self.revoke_key(key_id)
+        now = self._clock.now()
+
+        def revoke(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            if doc is None:
+                raise NotFound(f"no key {key_id!r}")
+            if doc.get("revoked_at") is not None:
+                return doc
+            return {**doc, "revoked_at": now}
+
+        doc, revoked = await change(self._store, "key", pointer["digest"], revoke)
+        record: ApiKey = _load(ApiKey, doc)
+        if revoked:
+            await self._changed("key", record.digest)
+        return record, revoked
 
     async def keys(self, account_id: str) -> list[ApiKey]:
         found = [await self.key(key_id) for key_id in await self._store.members("keys", account_id)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import NotFound
 from gateway.identity.keys import digest, random_token
+from gateway.identity.records import change
 from gateway.metering.clock import Clock
 from gateway.metering.store import Store
 
@@ -30,6 +32,11 @@ class Session:
         out = dataclasses.asdict(self)
         del out["digest"]
         return out
+
+
+def _remaining(session: Session, now: float) -> int:
+    """Whole seconds (at least one) until the session expires: its records' ttl in the store."""
+    return max(1, math.ceil(session.expires_at - now))
 
 
 def _load(doc: dict[str, Any] | None) -> Session | None:
@@ -58,8 +65,14 @@ class Sessions:
             created_at=now,
             expires_at=now + self._ttl,
         )
-        await self._store.put_record("session", session.digest, dataclasses.asdict(session))
-        await self._store.put_record("session_id", session.id, {"digest": session.digest})
+        # both records go when the session expires: nothing is kept for a dead session
+        ttl = _remaining(session, now)
+        await self._store.put_record(
+            "session", session.digest, dataclasses.asdict(session), ttl_seconds=ttl
+        )
+        await self._store.put_record(
+            "session_id", session.id, {"digest": session.digest}, ttl_seconds=ttl
+        )
         await self._store.add_member("sessions", account_id, session.id)
         return session, token
 
@@ -79,12 +92,20 @@ class Sessions:
         return _load(await self._store.get_record("session", pointer["digest"]))
 
     async def revoke(self, session_id: str) -> Session:
-        session = await self.get(session_id)
+        pointer = await self._store.get_record("session_id", session_id)
+        if pointer is None:
+            raise NotFound(f"no session {session_id!r}")
+        now = self._clock.now()
+
+        def revoke(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            if doc is None:
+                raise NotFound(f"no session {session_id!r}")
+            return doc if doc.get("revoked_at") is not None else {**doc, "revoked_at": now}
+
+        doc, _ = await change(self._store, "session", pointer["digest"], revoke)
+        session = _load(doc)
         if session is None:
             raise NotFound(f"no session {session_id!r}")
-        if session.revoked_at is None:
-            session = dataclasses.replace(session, revoked_at=self._clock.now())
-            await self._store.put_record("session", session.digest, dataclasses.asdict(session))
         return session
 
     async def of_account(self, account_id: str) -> list[Session]:

@@ -17,9 +17,11 @@ The mode is the gateway's ``store_failure_mode`` unless the caller's tier names 
   units after recovery are attributed by position as always. They are not added to the
   daily usage history either: history shows what the store decided.
 
-A command cut off by its budget may still have been applied by Redis after all (a frozen
-server reads it later), so a request refused then can have been counted: an outage can
-over-count by the requests in flight when it began, never under-count.
+A decision cut off by its budget is void: the Redis store tells the script its deadline
+and, after giving up, turns the decision's id into a tombstone or gives back what it took
+(consume.lua, void.lua), so a request answered 503 is never charged, even when a frozen
+server runs it later. The probe waits for those voids (``settle``) before the store is
+marked healthy again.
 
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
@@ -105,6 +107,7 @@ class GuardedStore:
             self._backoff = min(self._backoff * 2, self._max_backoff)
             try:
                 await self.inner.ping()
+                await self.inner.settle()
                 # until nothing is left: requests decided during an await add to the ledger,
                 # and between the last check and "healthy" below nothing else can run
                 while self._ledger or self._releases:
@@ -266,11 +269,29 @@ class GuardedStore:
         return await self._call(lambda: self.inner.get_record(kind, record_id))
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
         return await self._call(
-            lambda: self.inner.put_record(kind, record_id, doc, only_if_absent=only_if_absent)
+            lambda: self.inner.put_record(
+                kind, record_id, doc, only_if_absent=only_if_absent, ttl_seconds=ttl_seconds
+            )
         )
+
+    async def fetch_record(
+        self, kind: str, record_id: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        return await self._call(lambda: self.inner.fetch_record(kind, record_id))
+
+    async def swap_record(
+        self, kind: str, record_id: str, version: str | None, doc: dict[str, Any] | None
+    ) -> bool:
+        return await self._call(lambda: self.inner.swap_record(kind, record_id, version, doc))
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
         return await self._call(lambda: self.inner.delete_record(kind, record_id))
@@ -292,6 +313,9 @@ class GuardedStore:
 
     def listen(self, channel: str) -> AsyncGenerator[str, None]:
         return self.inner.listen(channel)
+
+    async def settle(self) -> None:
+        await self.inner.settle()
 
     async def ping(self) -> None:
         if self.degraded:

@@ -21,6 +21,15 @@ def meter_key(account_id: str, meter: str, scope_id: str, period_id: str | None)
     return f"{key}:{period_id}" if period_id is not None else key
 
 
+def decision_key(account_id: str, decision_id: str) -> str:
+    """``gw:{a:42}:d:<id>``: a guarded decision's marker (decided-at time, or ``void``).
+
+    consume.lua builds it from its first key the same way: the part up to the hash tag's
+    ``}``, then ``":d:" .. id``; so it shares the account's Cluster slot.
+    """
+    return f"gw:{account_tag(account_id)}:d:{decision_id}"
+
+
 #: the pub/sub channel on which registry writes tell every process to drop cached identities
 INVALIDATION_CHANNEL = "gw:invalidate"
 

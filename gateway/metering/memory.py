@@ -30,6 +30,7 @@ class MemoryStore:
         self._values: dict[str, int] = {}
         self._expiry: dict[str, float] = {}
         self._records: dict[str, str] = {}
+        self._record_expiry: dict[str, float] = {}
         self._sets: dict[str, set[str]] = {}
         self._sequences: dict[str, int] = {}
         self._writes = 0
@@ -160,22 +161,61 @@ class MemoryStore:
 
     # -- records ----------------------------------------------------------------------------
 
+    def _record(self, key: str) -> str | None:
+        """A record's text, unless its ttl has run out (then it is dropped, as Redis does)."""
+        expires = self._record_expiry.get(key)
+        if expires is not None and expires <= self._clock.now():
+            self._records.pop(key, None)
+            self._record_expiry.pop(key, None)
+        return self._records.get(key)
+
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
-        raw = self._records.get(record_key(kind, record_id))
+        raw = self._record(record_key(kind, record_id))
         return None if raw is None else dict(json.loads(raw))
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
         key = record_key(kind, record_id)
-        if only_if_absent and key in self._records:
+        if only_if_absent and self._record(key) is not None:
             return False
         # stored serialised, as Redis does, so callers can never alias stored state
         self._records[key] = json.dumps(doc)
+        if ttl_seconds is None:
+            self._record_expiry.pop(key, None)
+        else:
+            self._record_expiry[key] = self._clock.now() + ttl_seconds
+        return True
+
+    async def fetch_record(
+        self, kind: str, record_id: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        raw = self._record(record_key(kind, record_id))
+        return (None, None) if raw is None else (dict(json.loads(raw)), raw)
+
+    async def swap_record(
+        self, kind: str, record_id: str, version: str | None, doc: dict[str, Any] | None
+    ) -> bool:
+        key = record_key(kind, record_id)
+        if self._record(key) != version:
+            return False
+        if doc is None:
+            del self._records[key]
+            self._record_expiry.pop(key, None)
+        else:
+            self._records[key] = json.dumps(doc)  # its expiry, if any, stays (KEEPTTL)
         return True
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
-        return self._records.pop(record_key(kind, record_id), None) is not None
+        key = record_key(kind, record_id)
+        self._record_expiry.pop(key, None)
+        return self._records.pop(key, None) is not None
 
     async def add_member(self, kind: str, owner_id: str, member: str) -> None:
         self._sets.setdefault(set_key(kind, owner_id), set()).add(member)
@@ -204,6 +244,10 @@ class MemoryStore:
                 yield await queue.get()
         finally:
             self._listeners[channel].remove(queue)
+
+    async def settle(self) -> None:
+        # every decision here is taken without awaiting: none is ever left undecided
+        return None
 
     async def ping(self) -> None:
         return None

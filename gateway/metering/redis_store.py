@@ -20,7 +20,10 @@ one Cluster slot. Windows are computed inside the script from Redis server time,
 Clock is injected (tests), in which case its ``now`` is passed along.
 
 Every command runs under a budget of ``timeout_ms``; any Redis failure (down, slow, out of
-memory, cluster down) leaves this module as ``StoreUnavailable``.
+memory, cluster down) leaves this module as ``StoreUnavailable``. A decision that raised is
+never charged, even if Redis runs it later: each carries a deadline in Redis time and an
+id that is voided after giving up (``late.py``). Records change by compare-and-set
+(``swap.lua``).
 """
 
 from __future__ import annotations
@@ -42,18 +45,22 @@ from redis.backoff import NoBackoff
 from yarl import URL
 
 from gateway.errors import StoreUnavailable
-from gateway.metering.clock import Clock
-from gateway.metering.keys import meter_key, record_key, sequence_key, set_key
+from gateway.metering.clock import Clock, SystemClock
+from gateway.metering.keys import decision_key, meter_key, record_key, sequence_key, set_key
+from gateway.metering.late import MARKER_TTL_MS, LateDecisions
 from gateway.metering.store import Charge, Decision, MeterState
-from gateway.metering.windows import SOURCE_TTL, window_ttl
+from gateway.metering.windows import SOURCE_TTL, window_span, window_ttl
 
 T = TypeVar("T")
 
-_SCRIPTS = ("consume", "peek", "set_usage", "release", "read")
+_SCRIPTS = ("consume", "peek", "set_usage", "release", "read", "swap", "void")
+_SYSTEM = SystemClock()
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
+_CLOSE_SETTLE_SECONDS = 5.0  # how long closing waits for voids still owed (late.py)
 
 
-def _script_source(name: str) -> str:
+def script_source(name: str) -> str:
+    """The text Redis runs for script ``name``: the shared windows prelude, then its body."""
     lua = resources.files("gateway.metering").joinpath("lua")
     prelude = lua.joinpath("windows.lua").read_text(encoding="utf-8")
     body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
@@ -155,8 +162,9 @@ class RedisStore:
     def __init__(self, url: str, *, clock: Clock | None = None, timeout_ms: int = 250) -> None:
         self._client, self._listener, self._others = connect(url, timeout_ms=timeout_ms)
         self._clock = clock
+        self._guessed: tuple[float, float, list[str]] | None = None  # (start, end, args)
         self._budget = timeout_ms / 1000
-        self._sources = {name: _script_source(name) for name in _SCRIPTS}
+        self._sources = {name: script_source(name) for name in _SCRIPTS}
         self._shas: dict[str, str] = {}
         # a Cluster client learns the slot map on first use; concurrent first commands would
         # each start that discovery and close one another's connections, so it runs once
@@ -166,6 +174,9 @@ class RedisStore:
         # (within its budget) instead of failing with "too many connections", which the
         # Cluster client does rather than wait
         self._slots = asyncio.Semaphore(_POOL_SIZE)
+        # decisions answered late apply nothing (late.py); voids owed run in the background
+        self._late = LateDecisions(self._budget, void=self._void)
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -206,6 +217,23 @@ class RedisStore:
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock.now())
 
+    def _guesses(self) -> list[str]:
+        """This process's guess of the month and day windows, for the consume script.
+
+        Computing a window in Lua costs a decision as much as a write; the script takes a
+        guess instead when its own ``now`` (Redis server time) falls inside it, so windows
+        still come from the server's clock and a skewed gateway changes nothing.
+        """
+        now = (self._clock or _SYSTEM).now()
+        cached = self._guessed
+        if cached is None or not cached[0] <= now < cached[1]:
+            month, month_start, month_reset = window_span("month", now)
+            day, day_start, day_reset = window_span("day", now)
+            args = [f":{month}", f"{month_start:.0f}", f"{month_reset:.0f}"]
+            args += [f":{day}", f"{day_start:.0f}", f"{day_reset:.0f}"]
+            cached = self._guessed = (day_start, day_reset, args)
+        return cached[2]
+
     @staticmethod
     def _base(account_id: str, charge: Charge) -> str:
         return meter_key(account_id, charge.meter, charge.scope_id, None)
@@ -237,10 +265,14 @@ class RedisStore:
 
     # -- metering ---------------------------------------------------------------------------
 
-    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
-        if not charges:
-            return Decision(True, ())
-        args: list[Any] = [self._now(), SOURCE_TTL]
+    def consume_call(
+        self,
+        account_id: str,
+        charges: Sequence[Charge],
+        guard: tuple[Any, Any, Any] = (0, "", 0),
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments ``consume`` hands the consume script."""
+        args: list[Any] = [self._now(), SOURCE_TTL, *self._guesses()]
         for charge in charges:
             limit = -1 if charge.limit is None else charge.limit
             args += [
@@ -252,15 +284,57 @@ class RedisStore:
                 1 if charge.overage else 0,
                 charge.history_ttl,
             ]
-        # the late-decision guard (consume.lua's top): deadline, decision id, marker ttl
-        args += [0, "", 0]
-        keys = [self._base(account_id, charge) for charge in charges]
-        raw = await self._script("consume", keys, args)
+        # the late-decision guard (consume.lua's top): deadline, decision id, marker ttl;
+        # unguarded by default (the Redis benchmark replays one call many times)
+        args += list(guard)
+        return [self._base(account_id, charge) for charge in charges], args
+
+    async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
+        if not charges:
+            return Decision(True, ())
+        if self._late.sample_due():
+            self._spawn(self._sample_time())
+        decision_id, deadline = self._late.ticket()
+        # consume.lua's guard: a late decision applies nothing (late.py says why it is exact)
+        keys, args = self.consume_call(
+            account_id, charges, guard=(repr(deadline), decision_id, MARKER_TTL_MS)
+        )
+        try:
+            raw = await self._script("consume", keys, args)
+        except BaseException:
+            # no answer, so no decision: make sure it never counts, even if it ran
+            self._late.give_up(account_id, decision_id, charges)
+            raise
         if int(raw[0]) < 0:
             raise StoreUnavailable("the store ran the decision after its deadline; nothing applied")
         admitted, refused = int(raw[0]) == 1, int(raw[1])
         states = self._states(raw[2:], charges)
         return Decision(admitted, states, None if admitted else refused)
+
+    # -- decisions given up on (late.py) ---------------------------------------------------
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sample_time(self) -> None:
+        self._late.sampling()
+        # a failed sample only keeps the previous offset (or none: then voids alone protect)
+        with contextlib.suppress(StoreUnavailable, TypeError, ValueError):
+            seconds, micros = await self._run(lambda: self._client.time())
+            self._late.observe(int(seconds) + int(micros) / 1_000_000)
+
+    async def _void(self, account_id: str, decision_id: str, charges: Sequence[Charge]) -> None:
+        keys = [decision_key(account_id, decision_id)]
+        args: list[Any] = [MARKER_TTL_MS]
+        for charge in charges:
+            keys.append(self._base(account_id, charge))
+            args += [charge.period or "", charge.cost, 1 if charge.history_ttl else 0]
+        await self._script("void", keys, args)
+
+    async def settle(self) -> None:
+        await self._late.settle()
 
     async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
         if items:
@@ -300,11 +374,32 @@ class RedisStore:
         return None if raw is None else dict(json.loads(raw))
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
         key, text = record_key(kind, record_id), json.dumps(doc)
-        done = await self._run(lambda: self._client.set(key, text, nx=only_if_absent))
+        done = await self._run(
+            lambda: self._client.set(key, text, nx=only_if_absent, ex=ttl_seconds)
+        )
         return bool(done)
+
+    async def fetch_record(
+        self, kind: str, record_id: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        raw = await self._run(lambda: self._client.get(record_key(kind, record_id)))
+        return (None, None) if raw is None else (dict(json.loads(raw)), str(raw))
+
+    async def swap_record(
+        self, kind: str, record_id: str, version: str | None, doc: dict[str, Any] | None
+    ) -> bool:
+        text = "" if doc is None else json.dumps(doc)
+        done = await self._script("swap", [record_key(kind, record_id)], [version or "", text])
+        return int(done) == 1
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
         removed = await self._run(lambda: self._client.delete(record_key(kind, record_id)))
@@ -360,6 +455,13 @@ class RedisStore:
         await self._run(lambda: self._client.ping())
 
     async def close(self) -> None:
+        # voids still owed get a bounded last chance, so a process stopping right after a
+        # store hiccup does not leave the decisions it answered 503 for charged
+        await self._late.close(_CLOSE_SETTLE_SECONDS)
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._client.aclose()
         for other in self._others:
             await other.aclose()

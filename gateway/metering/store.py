@@ -95,6 +95,9 @@ class Store(Protocol):
         added to the window's per-source counters (``keys.source_key``) in the same atomic
         step, so a unit is paid from exactly one source, once. A charge with
         ``history_ttl`` also adds its cost to that day's history key (``keys.history_key``).
+
+        Raising StoreUnavailable means nothing was decided, now or later: a decision whose
+        answer did not arrive within the budget never counts (see ``settle``).
         """
         ...
 
@@ -125,9 +128,34 @@ class Store(Protocol):
         ...
 
     async def put_record(
-        self, kind: str, record_id: str, doc: dict[str, Any], *, only_if_absent: bool = False
+        self,
+        kind: str,
+        record_id: str,
+        doc: dict[str, Any],
+        *,
+        only_if_absent: bool = False,
+        ttl_seconds: int | None = None,
     ) -> bool:
-        """Store a JSON document; with ``only_if_absent`` atomically refuse (False) to overwrite."""
+        """Store a JSON document; with ``only_if_absent`` atomically refuse (False) to overwrite.
+
+        With ``ttl_seconds`` the document is gone that long after this write (sessions,
+        idempotency records); without, it is kept until deleted (accounts, projects, keys)."""
+        ...
+
+    async def fetch_record(
+        self, kind: str, record_id: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """The document under (kind, id) and its version, an opaque token; (None, None) if
+        absent. Always read from the store itself, for a ``swap_record`` to follow."""
+        ...
+
+    async def swap_record(
+        self, kind: str, record_id: str, version: str | None, doc: dict[str, Any] | None
+    ) -> bool:
+        """Atomically replace the document with ``doc`` (None: delete it), only if it is still
+        at ``version`` (None: only if absent); False, changing nothing, if another write came
+        first. The one primitive every read-check-write of a record goes through
+        (``gateway.identity.records.change``)."""
         ...
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
@@ -160,6 +188,14 @@ class Store(Protocol):
         Yields ``""`` first, once subscribed. A listener that lost its connection may have
         missed messages: callers treat the next subscription as "anything may have changed".
         """
+        ...
+
+    async def settle(self) -> None:
+        """Return once every decision this process gave up on (``consume`` raised) is known
+        never to count; raise StoreUnavailable if that cannot be established yet.
+
+        ``consume`` raising means "not decided": a remote store whose answer was cut off voids
+        the decision in the background (consume.lua, void.lua); this waits for that."""
         ...
 
     async def ping(self) -> None:

@@ -19,9 +19,15 @@ _last: dict[str, tuple[float, float, str]] = {}  # period -> (start, reset, id)
 
 def window(period: Period, now: float) -> tuple[str, float]:
     """The window's id (``2026-02-28`` or ``2026-02``) and the epoch second it resets at."""
+    window_id, _, reset = window_span(period, now)
+    return window_id, reset
+
+
+def window_span(period: Period, now: float) -> tuple[str, float, float]:
+    """The window's id, the epoch second it starts at and the one it resets at."""
     last = _last.get(period)
     if last is not None and last[0] <= now < last[1]:
-        return last[2], last[1]
+        return last[2], last[0], last[1]
     # Whole seconds, floored: fromtimestamp rounds to the microsecond, which would put the
     # last half-microsecond of a day or month into the next window's id.
     second = math.floor(now)
@@ -36,7 +42,7 @@ def window(period: Period, now: float) -> tuple[str, float]:
         reset = calendar.timegm((next_year, next_month, 1, 0, 0, 0, 0, 0, 0))
         window_id = f"{year:04d}-{month:02d}"
     _last[period] = (float(start), float(reset), window_id)
-    return window_id, float(reset)
+    return window_id, float(start), float(reset)
 
 
 def window_key(

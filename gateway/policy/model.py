@@ -223,6 +223,21 @@ class Policy:
             return Resolved(route, exact.groupdict(), canonical)
         return None
 
+    def answered_methods(self, path: str) -> frozenset[str]:
+        """The methods of the routes the gateway answers itself (``answer:``) on ``path``.
+
+        Another method on such a path is a 405, never forwarded (pipeline.py)."""
+        claimed = _ANSWERED.get(self.digest)
+        if claimed is None:
+            claimed = _ANSWERED[self.digest] = _answered_paths(self.routes)
+        if claimed.fullmatch(path) is None:
+            return frozenset()
+        # the first answered route to claim the path names it (/api/projects/anonymous, not
+        # /api/projects/{id}); every answered route with that pattern adds its methods
+        answered = [r for r in self.routes if r.answer is not None]
+        pattern = next(r.pattern for r in answered if r.regex.fullmatch(path))
+        return frozenset().union(*(r.methods or () for r in answered if r.pattern == pattern))
+
     def tier(self, name: str | None) -> Tier:
         """The named tier; an unknown or missing name falls back to the default tier."""
         if name is not None:
@@ -253,3 +268,13 @@ class Policy:
             if allows(tier):
                 return tier
         return None
+
+
+#: per policy digest, one pattern matching every path an ``answer:`` route claims (a single
+#: match on the forwarding path instead of one per answered route)
+_ANSWERED: dict[str, re.Pattern[str]] = {}
+
+
+def _answered_paths(routes: tuple[Route, ...]) -> re.Pattern[str]:
+    parts = [re.sub(r"\(\?P<\w+>", "(?:", r.regex.pattern) for r in routes if r.answer is not None]
+    return re.compile("|".join(f"(?:{p})" for p in parts) or r"(?!)")

@@ -4,11 +4,23 @@
 -- The script reads and writes KEYS[i] .. ":" .. <window>, computed here from the clock: such a
 -- key is not declared, but it carries the same hash tag, so it lives in the same Cluster slot.
 -- ARGV[1]: now, or "" for server time; ARGV[2]: ttl of per-source counters (statements);
+-- ARGV[3..8]: the caller's guess of the month and day windows, each as ":<id>", start and
+-- reset epochs: used only when `now` falls inside it, so a skewed caller changes nothing;
 -- then per charge: period ("day"|"month"|""), cost, limit (-1: unlimited), ttl seconds for a
 -- new window key, package capacity, overage (1|0), history ttl (0: none, -1: no expiry).
 -- Returns {admitted (1|0), refused index (0-based, -1 if admitted), then per charge:
 -- exact key, used (after, if admitted), reset epoch (-1 for a gauge), package units and
--- overage units of the window (after, if admitted)}.
+-- overage units of the window (after, if admitted; 0 for an unlimited charge or a gauge)}.
+--
+-- Every command here is on the decision path of every proxied request, so the script sends
+-- only the ones a decision needs (docs/performance.md measures it):
+--   * a window's suffix and reset are taken from the caller's guess once checked against
+--     `now` (computing them here costs as much as a write), once per period, not per key;
+--   * a limited counter is read with one MGET (usage and both source counters); an
+--     unlimited counter is not read at all: its INCRBY's reply is its usage;
+--   * a new key is told by its INCRBY's reply equal to the cost: EXPIRE only then;
+--   * source counters are written only when a charge's units pass the allowance, and the
+--     values returned are computed from what was read, not read again.
 --
 -- Late decisions apply nothing (issue 17). The LAST THREE ARGV, after every charge's fields,
 -- are: deadline (Redis epoch seconds, 0: none), decision id ("": unguarded), marker ttl (ms).
@@ -22,31 +34,47 @@
 local guard_deadline = tonumber(ARGV[#ARGV - 2])
 local guard_id = ARGV[#ARGV - 1]
 local guard_marker = nil
+local server_now = nil -- read once: the guard's TIME is also the windows' clock
 if guard_id ~= "" then
   guard_marker = string.match(KEYS[1], "^gw:{.-}") .. ":d:" .. guard_id
   if redis.call("EXISTS", guard_marker) == 1 then return {-1} end
   if guard_deadline > 0 then
     local t = redis.call("TIME")
-    if tonumber(t[1]) + tonumber(t[2]) / 1000000 > guard_deadline then return {-1} end
+    server_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    if server_now > guard_deadline then return {-1} end
   end
 end
 
-local now = clock_now()
-local source_ttl = tonumber(ARGV[2])
+local now = ARGV[1] == "" and server_now or clock_now()
+local source_ttl = ARGV[2]
 local n = #KEYS
 local width = 7
-local keys, used, resets, packaged, over = {}, {}, {}, {}, {}
-local refused = -1
-for i = 1, n do
-  local at = 2 + (i - 1) * width
-  keys[i], resets[i] = resolve(KEYS[i], ARGV[at + 1], now)
-  used[i] = tonumber(redis.call("GET", keys[i]) or "0")
-  local limit = tonumber(ARGV[at + 3])
-  local capacity = limit + tonumber(ARGV[at + 5])
-  if refused < 0 and limit >= 0 and ARGV[at + 6] ~= "1"
-      and used[i] + tonumber(ARGV[at + 2]) > capacity then
-    refused = i - 1
+local first = 8 -- ARGV index before the first charge's fields
+
+-- period -> {suffix, reset}, filled on first use
+local windows = {[""] = {"", -1}}
+local guesses = {month = 3, day = 6}
+local function window_of(period)
+  local found = windows[period]
+  if found == nil then
+    local at = guesses[period]
+    local reset = tonumber(ARGV[at + 2])
+    if tonumber(ARGV[at + 1]) <= now and now < reset then
+      found = {ARGV[at], reset}
+    else
+      found = {window(period, now)}
+    end
+    windows[period] = found
   end
+  return found[1], found[2]
+end
+
+-- A new key (its INCRBY's reply is the units just added) gets its expiry. `text` is `units`
+-- as sent when there is such a string: Lua's number-to-string conversion is not free.
+local function add(key, units, text, ttl)
+  local after = redis.call("INCRBY", key, text)
+  if after == units and ttl then redis.call("EXPIRE", key, ttl) end
+  return after
 end
 
 -- the units a window's positions (before, after] take from [low, high)
@@ -57,49 +85,70 @@ local function share(before, after, low, high)
   return 0
 end
 
-local function add_source(key, units)
-  if units > 0 then
-    local fresh = redis.call("EXISTS", key) == 0
-    redis.call("INCRBY", key, units)
-    if fresh then redis.call("EXPIRE", key, source_ttl) end
+-- The reply is built in place: per charge, at o = 2 + 5 * (i - 1): o+1 exact key, o+2 used,
+-- o+3 reset, o+4 package units, o+5 overage units.
+local out = {1, -1}
+local refused = -1
+for i = 1, n do
+  local at, o = first + (i - 1) * width, 2 + (i - 1) * 5
+  local suffix, reset = window_of(ARGV[at + 1])
+  local key = KEYS[i] .. suffix
+  local limit = tonumber(ARGV[at + 3])
+  out[o + 1], out[o + 3], out[o + 4], out[o + 5] = key, reset, 0, 0
+  -- only a limited counter has a ledger; only a limited charge without overage can refuse
+  if limit >= 0 then
+    local used
+    if suffix ~= "" then
+      local found = redis.call("MGET", key, key .. ":package", key .. ":overage")
+      used = tonumber(found[1] or "0")
+      out[o + 4], out[o + 5] = tonumber(found[2] or "0"), tonumber(found[3] or "0")
+    elseif ARGV[at + 6] ~= "1" then
+      used = tonumber(redis.call("GET", key) or "0")
+    end
+    out[o + 2] = used
+    if refused < 0 and ARGV[at + 6] ~= "1"
+        and used + tonumber(ARGV[at + 2]) > limit + tonumber(ARGV[at + 5]) then
+      refused = i - 1
+    end
   end
 end
 
 if refused < 0 then
   for i = 1, n do
-    local at = 2 + (i - 1) * width
-    local period, cost, limit = ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-    local fresh = redis.call("EXISTS", keys[i]) == 0
-    local before = used[i]
-    used[i] = redis.call("INCRBY", keys[i], cost)
+    local at, o = first + (i - 1) * width, 2 + (i - 1) * 5
+    local period, cost = ARGV[at + 1], tonumber(ARGV[at + 2])
+    local key = out[o + 1]
     -- every window key expires, set once when the window's key is created
-    if fresh and period ~= "" then
-      redis.call("EXPIRE", keys[i], tonumber(ARGV[at + 4]))
-    end
+    local after = add(key, cost, ARGV[at + 2], period ~= "" and ARGV[at + 4])
+    local limit = tonumber(ARGV[at + 3])
     if period ~= "" and limit >= 0 then
+      local before = after - cost
       local capacity = limit + tonumber(ARGV[at + 5])
-      add_source(keys[i] .. ":package", share(before, used[i], limit, capacity))
-      add_source(keys[i] .. ":overage", share(before, used[i], capacity, math.huge))
+      local to_package = share(before, after, limit, capacity)
+      if to_package > 0 then
+        out[o + 4] = add(key .. ":package", to_package, to_package, source_ttl)
+      end
+      local to_overage = share(before, after, capacity, math.huge)
+      if to_overage > 0 then
+        out[o + 5] = add(key .. ":overage", to_overage, to_overage, source_ttl)
+      end
     end
-    local history_ttl = tonumber(ARGV[at + 7])
-    if period ~= "" and history_ttl ~= 0 then
-      local day = resolve(KEYS[i] .. ":h", "day", now)
-      local new_day = redis.call("EXISTS", day) == 0
-      redis.call("INCRBY", day, cost)
-      if new_day and history_ttl > 0 then redis.call("EXPIRE", day, history_ttl) end
+    out[o + 2] = after
+    local history = ARGV[at + 7]
+    if period ~= "" and history ~= "0" then
+      add(KEYS[i] .. ":h" .. window_of("day"), cost, ARGV[at + 2], history ~= "-1" and history)
     end
+  end
+else
+  out[1], out[2] = 0, refused
+  -- the charges not read above (unlimited ones) report their usage too
+  for i = 1, n do
+    local o = 2 + (i - 1) * 5
+    if out[o + 2] == nil then out[o + 2] = tonumber(redis.call("GET", out[o + 1]) or "0") end
   end
 end
 -- Late decisions (see the top): an admitted guarded decision leaves its marker.
 if guard_marker and refused < 0 then
-  redis.call("SET", guard_marker, string.format("%.17g", now), "PX", tonumber(ARGV[#ARGV]))
-end
-local out = {refused < 0 and 1 or 0, refused}
-for i = 1, n do
-  out[#out + 1] = keys[i]
-  out[#out + 1] = used[i]
-  out[#out + 1] = resets[i]
-  out[#out + 1] = tonumber(redis.call("GET", keys[i] .. ":package") or "0")
-  out[#out + 1] = tonumber(redis.call("GET", keys[i] .. ":overage") or "0")
+  redis.call("SET", guard_marker, string.format("%.17g", now), "PX", ARGV[#ARGV])
 end
 return out

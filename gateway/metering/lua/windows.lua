@@ -37,18 +37,24 @@ local function days_from_civil(y, m, d)
   return era * 146097 + doe - 719468
 end
 
--- The exact key of a meter in the window `now` falls in, and when that window resets
--- (-1 for a gauge). The suffix ":<period id>" is the one gateway/metering/keys.py documents.
-local function resolve(base, period, now)
+-- The suffix ":<period id>" of the window `now` falls in, the one gateway/metering/keys.py
+-- documents, and when that window resets ("" and -1 for a gauge, which has no window).
+local function window(period, now)
   if period == "" then
-    return base, -1
+    return "", -1
   end
   local days = math.floor(now / 86400)
   local y, m, d = civil(days)
   if period == "day" then
-    return base .. ":" .. string.format("%04d-%02d-%02d", y, m, d), (days + 1) * 86400
+    return ":" .. string.format("%04d-%02d-%02d", y, m, d), (days + 1) * 86400
   end
   local ny, nm = y, m + 1
   if nm == 13 then ny, nm = y + 1, 1 end
-  return base .. ":" .. string.format("%04d-%02d", y, m), days_from_civil(ny, nm, 1) * 86400
+  return ":" .. string.format("%04d-%02d", y, m), days_from_civil(ny, nm, 1) * 86400
+end
+
+-- The exact key of a meter in the window `now` falls in, and when that window resets.
+local function resolve(base, period, now)
+  local suffix, reset = window(period, now)
+  return base .. suffix, reset
 end
