@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from gateway.identity.jwks import JwksClient
 from gateway.identity.registry import Registry
 from gateway.identity.resolve import Authenticator
 from gateway.identity.sessions import Sessions
+from gateway.identity.tier_moves import APPROVAL, MOVED, TierChangesRefused, tier_moves
 from gateway.identity.tokens import JwtVerifier, load_public_keys
 from gateway.identity.users import Users
 from gateway.metering.clock import Clock, SystemClock
@@ -47,7 +49,7 @@ from gateway.proxy.expect import defer_continue
 from gateway.proxy.forward import Forwarder, Upstream, Upstreams
 from gateway.proxy.pool import Pool, PoolSettings, Target
 from gateway.proxy.websocket import TunnelLimits, WebSocketTunnel
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+log = logging.getLogger("gateway")
 
 
 def open_store(url: str, clock: Clock, *, timeout_ms: int = 250) -> Store:
@@ -136,6 +139,7 @@ def build_gateway(
         metrics=metrics,
     )
     accounts = Registry(store, clock, cache)
+    reloader.set_guard(tier_guard(settings, accounts, store, metrics))
     sessions = Sessions(store, clock, ttl_seconds=settings.accounts.session_ttl_seconds)
     verifier, jwks = build_verifier(settings, policy.tenant_claim, metrics)
     return Gateway(
@@ -151,6 +155,32 @@ def build_gateway(
         reloader=reloader,
         jwks=jwks,
     )
+
+
+def tier_guard(
+    settings: Settings, registry: Registry, store: Store, metrics: Metrics
+) -> Callable[[Policy, Policy, bool], Awaitable[None]]:
+    """Refuse a reload that would serve accounts on another tier, unless allowed; when
+    allowed, say in the log and a metric how many moved and to what."""
+
+    async def guard(active: Policy, candidate: Policy, allowed: bool) -> None:
+        moves = await tier_moves(registry, active, candidate)
+        if not moves:
+            return
+        if allowed:
+            # the other workers reload this digest on the admin API's notice: let them too
+            await store.put_record(APPROVAL, candidate.digest, {"allowed": True})
+        elif not settings.policy_allow_tier_changes and (
+            await store.get_record(APPROVAL, candidate.digest) is None
+        ):
+            raise TierChangesRefused(moves)
+        # every worker reloads the file; the first to install it counts the move, once
+        if await store.put_record(MOVED, candidate.digest, moves.details(), only_if_absent=True):
+            for (old, new), count in moves.moved.items():
+                metrics.policy_tier_moves.labels(old, new).inc(count)
+        log.warning("policy reload moves accounts: %s", moves.describe())
+
+    return guard
 
 
 def _same_tenant_claim(claim: str) -> Callable[[Policy], None]:
@@ -191,6 +221,13 @@ def local_handlers(gateway: Gateway, stripe: StripeClient) -> dict[str, LocalHan
     ):
         handlers.update(api.handlers())
     return handlers
+
+
+def handler_names(policy_file: str) -> frozenset[str]:
+    """The names a route may ``answer:`` with, as `serve` builds them (for `policy check`)."""
+    settings = load_settings(None, policy=policy_file, store="memory")
+    gateway = build_gateway(settings, store=MemoryStore(SystemClock()))
+    return frozenset(local_handlers(gateway, StripeClient(settings.stripe)))
 
 
 def billing_api(gateway: Gateway) -> BillingApi:
@@ -353,6 +390,8 @@ def admin_app(gateway: Gateway) -> web.Application:
         authenticator=gateway.authenticator,
         store=gateway.store,
         clock=gateway.clock,
+        # explain refuses a route naming a handler serve lacks, as serve does
+        handlers=local_handlers(gateway, StripeClient(gateway.settings.stripe)),
     )
     routes = (
         ops.routes()

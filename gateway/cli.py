@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -14,50 +16,120 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.app import Gateway
+from gateway.app import Gateway, handler_names
 from gateway.demo import demo_app
 from gateway.explain import explain, parse_request
 from gateway.identity.resolve import Identity
 from gateway.metering.clock import SystemClock
 from gateway.metering.memory import MemoryStore
 from gateway.policy.diff import markdown, policy_diff
+from gateway.policy.lint import lint
 from gateway.policy.loader import load_policy
-from gateway.policy.source import ConfigError
+from gateway.policy.source import ConfigError, load_source
 from gateway.policy.table import tier_table
 from gateway.replay import read_log, replay
 from gateway.server import ServeError, serve
-from gateway.settings import load_settings, parse_address
+from gateway.settings import Settings, load_settings, parse_address
+from gateway.shipped import locate
 
 EXIT_CONFIG = 2
+EXIT_WARNINGS = 1  # `policy check --strict` found warnings only
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every --help shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked for: reading the installed metadata costs every
+    other command a scan of sys.path."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        try:
+            version = importlib.metadata.version("quota-gateway")
+        except importlib.metadata.PackageNotFoundError:  # a checkout never installed
+            version = "unknown"
+        print(f"{parser.prog} {version}")
+        parser.exit()
+
+
+Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+
+
+def _command(commands: Subparsers, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that shows its defaults in --help and reports a wrong flag with its own
+    usage line (see main), not the top level's."""
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name, formatter_class=_HelpFormatter, **kwargs
+    )
+    sub.set_defaults(command_parser=sub)
+    return sub
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="A quota-enforcing API gateway.")
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="A quota-enforcing API gateway.", formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    defaults = Settings()
 
-    run = commands.add_parser("serve", help="run the gateway")
+    run = _command(commands, "serve", help="run the gateway")
     run.add_argument("--config", metavar="FILE", help="a gateway.yaml (flags override it)")
     run.add_argument(
-        "--listen", metavar="HOST:PORT", help="proxy listener (default 127.0.0.1:8080)"
+        "--listen", metavar="HOST:PORT", help=f"proxy listener (default: {defaults.listen})"
     )
     run.add_argument(
-        "--admin-listen", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9090)"
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help=f"admin listener (default: {defaults.admin_listen})",
     )
-    run.add_argument("--upstream", metavar="URL", help="the upstream for every path")
     run.add_argument(
-        "--policy", metavar="FILE", help="policy YAML (default policies/agentstack.yaml)"
+        "--upstream",
+        metavar="URL",
+        help=f"the upstream for every path (default: {defaults.upstreams[0][1]})",
     )
-    run.add_argument("--store", metavar="URL", help="'memory' (default) or a Redis URL")
     run.add_argument(
-        "--store-timeout-ms", metavar="MS", type=int, help="budget of each store command (250)"
+        "--policy",
+        metavar="FILE",
+        help=f"policy YAML (default: {defaults.policy}, the shipped copy when not found here)",
+    )
+    run.add_argument(
+        "--store", metavar="URL", help=f"'memory' or a Redis URL (default: {defaults.store})"
+    )
+    run.add_argument(
+        "--store-timeout-ms",
+        metavar="MS",
+        type=int,
+        help=f"budget of each store command (default: {defaults.store_timeout_ms})",
     )
     run.add_argument(
         "--store-failure-mode",
         choices=("closed", "open"),
-        help="when the store is down: refuse with 503 (closed, default) or admit on a "
-        "bounded local allowance written back later (open)",
+        help="when the store is down: refuse with 503 (closed) or admit on a bounded local "
+        f"allowance written back later (open) (default: {defaults.store_failure_mode})",
     )
-    run.add_argument("--workers", metavar="N", type=int, help="worker processes sharing the port")
+    run.add_argument(
+        "--require-store",
+        action="store_true",
+        default=None,
+        help="exit with status 2 when the store does not answer at start, instead of starting "
+        "degraded and probing it (config: require_store; default: off)",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        help=f"worker processes sharing the port (default: {defaults.workers})",
+    )
     run.add_argument(
         "--demo",
         action="store_true",
@@ -67,29 +139,39 @@ def _parser() -> argparse.ArgumentParser:
         "--demo-listen",
         metavar="HOST:PORT",
         default="127.0.0.1:8000",
-        help="where --demo runs the demo upstream (default 127.0.0.1:8000)",
+        help="where --demo runs the demo upstream",
     )
 
-    policy = commands.add_parser("policy", help="check or show policy files")
+    policy = _command(commands, "policy", help="check, show, diff or replay policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    check = policy_commands.add_parser("check", help="validate policy files; non-zero on any error")
+    check = _command(
+        policy_commands,
+        "check",
+        help="validate and lint policy files: exit 2 on an error, 1 on a warning with --strict",
+    )
     check.add_argument("files", nargs="+", metavar="FILE")
-    show = policy_commands.add_parser("show", help="print the tier table as Markdown")
+    check.add_argument("--strict", action="store_true", help="warnings fail too (exit 1): for CI")
+    show = _command(policy_commands, "show", help="print the tier table as Markdown")
     show.add_argument("file", metavar="FILE")
-    diff = policy_commands.add_parser(
-        "diff", help="per tier, the limits, features, routes and error bodies that change"
+    diff = _command(
+        policy_commands,
+        "diff",
+        help="per tier, the limits, features, routes and error bodies that change",
     )
     diff.add_argument("old", metavar="OLD")
     diff.add_argument("new", metavar="NEW")
-    what_if = policy_commands.add_parser(
-        "replay", help="replay access logs against a candidate policy: what would change"
+    what_if = _command(
+        policy_commands,
+        "replay",
+        help="replay access logs against a candidate policy: what would change",
     )
     what_if.add_argument("--policy", required=True, metavar="CANDIDATE", help="policy YAML")
     what_if.add_argument("logs", nargs="+", metavar="LOG", help="access log files (JSON lines)")
     what_if.add_argument("--examples", type=int, default=3, metavar="N", help="examples per row")
     what_if.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
 
-    why = commands.add_parser(
+    why = _command(
+        commands,
         "explain",
         help="why a request would be admitted or refused (consumes nothing)",
         description="Ask a running gateway's admin API (GATEWAY_ADMIN_TOKEN) about a credential, "
@@ -107,15 +189,33 @@ def _parser() -> argparse.ArgumentParser:
         help="the environment variable holding the caller's key or token (kept out of ps)",
     )
     why.add_argument("--policy", metavar="FILE", help="explain offline against this policy")
-    why.add_argument("--tier", metavar="TIER", help="offline: the caller's tier")
+    why.add_argument(
+        "--tier",
+        metavar="TIER",
+        help="offline: the caller's tier (default: the policy's default_tier)",
+    )
+    why.add_argument(
+        "--body-bytes",
+        metavar="N",
+        type=int,
+        help="the request's Content-Length (charged to a route's body_meter, as serve does)",
+    )
 
-    demo = commands.add_parser("demo-upstream", help="run the bundled demo upstream alone")
-    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8000")
+    demo = _command(commands, "demo-upstream", help="run the bundled demo upstream alone")
+    demo.add_argument(
+        "--listen", metavar="HOST:PORT", default="127.0.0.1:8000", help="where it listens"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # the subcommand's own usage, not the top level's: that is the line the user needs
+        getattr(args, "command_parser", parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         if args.command == "serve":
@@ -143,7 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
         upstream = upstream or f"http://{demo_address}"
         extra.append((demo_app(), demo_address))
     settings = load_settings(
-        args.config,
+        None if args.config is None else locate(args.config),
         listen=args.listen,
         admin_listen=args.admin_listen,
         upstream=upstream,
@@ -151,8 +251,10 @@ def _serve(args: argparse.Namespace) -> int:
         store=args.store,
         store_timeout_ms=args.store_timeout_ms,
         store_failure_mode=args.store_failure_mode,
+        require_store=args.require_store,
         workers=args.workers,
     )
+    settings = dataclasses.replace(settings, policy=locate(settings.policy))
     load_policy(settings.policy)  # fail fast, with file:line, before binding anything
     serve(settings, on_ready=_print_demo_key if args.demo else None, extra_sites=extra)
     return 0
@@ -168,9 +270,16 @@ async def _print_demo_key(gateway: Gateway) -> None:
     account = await gateway.registry.create_account(tier.name, is_anonymous=tier.rank == 0)
     _, key = await gateway.registry.issue_key(account.id, key_type, label="demo")
     listen = gateway.settings.listen
-    # a catch-all route that meters and needs no feature: something any tier may call
+    # a catch-all GET route that meters and needs no feature: something any tier may call
     route = next(
-        (r for r in policy.routes if r.consume and r.pattern.endswith("/**") and not r.features),
+        (
+            r
+            for r in policy.routes
+            if r.consume
+            and r.pattern.endswith("/**")
+            and not r.features
+            and (r.methods is None or "GET" in r.methods)
+        ),
         None,
     )
     path = route.pattern.replace("/**", "/demo") if route else "/"
@@ -184,8 +293,10 @@ async def _print_demo_key(gateway: Gateway) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     method, path = parse_request(f"{args.method} {args.path}")
+    if args.body_bytes is not None and args.body_bytes < 0:
+        raise ValueError("--body-bytes is a number of bytes")
     if args.policy is not None:
-        policy = load_policy(args.policy)
+        policy = load_policy(locate(args.policy))
         if args.tier is not None and args.tier not in policy.tiers:
             raise ValueError(f"no tier {args.tier!r}; tiers are: {', '.join(policy.tiers)}")
         identity = Identity(
@@ -193,7 +304,16 @@ def _explain(args: argparse.Namespace) -> int:
         )
         clock = SystemClock()
         report = asyncio.run(
-            explain(policy, MemoryStore(clock), clock, method, path, identity=identity)
+            explain(
+                policy,
+                MemoryStore(clock),
+                clock,
+                method,
+                path,
+                identity=identity,
+                content_length=args.body_bytes,
+                handlers=handler_names(args.policy),
+            )
         )
     else:
         report = asyncio.run(_ask_admin(args, method, path))
@@ -205,7 +325,9 @@ async def _ask_admin(args: argparse.Namespace, method: str, path: str) -> Any:
     token = os.environ.get("GATEWAY_ADMIN_TOKEN")
     if not token:
         raise ValueError("set GATEWAY_ADMIN_TOKEN to ask a running gateway")
-    body: dict[str, str] = {"request": f"{method} {path}"}
+    body: dict[str, Any] = {"request": f"{method} {path}"}
+    if args.body_bytes is not None:
+        body["content_length"] = args.body_bytes
     credential = os.environ.get(args.credential_env)
     if credential:
         body["credential"] = credential
@@ -222,32 +344,47 @@ async def _ask_admin(args: argparse.Namespace, method: str, path: str) -> Any:
 
 def _policy(args: argparse.Namespace) -> int:
     if args.policy_command == "show":
-        sys.stdout.write(tier_table(load_policy(args.file)))
+        sys.stdout.write(tier_table(load_policy(locate(args.file))))
         return 0
     if args.policy_command == "diff":
-        sys.stdout.write(markdown(policy_diff(load_policy(args.old), load_policy(args.new))))
+        old, new = load_policy(locate(args.old)), load_policy(locate(args.new))
+        sys.stdout.write(markdown(policy_diff(old, new)))
         return 0
     if args.policy_command == "replay":
-        candidate = load_policy(args.policy)
+        candidate = load_policy(locate(args.policy))
         report = asyncio.run(replay(candidate, read_log(args.logs), examples=args.examples))
         if args.json:
             print(json.dumps(report.as_json(), indent=2))
         else:
             sys.stdout.write(report.markdown())
         return 0
-    failed = 0
-    for file in args.files:
+    return _check(args.files, strict=args.strict)
+
+
+def _check(files: Sequence[str], *, strict: bool) -> int:
+    errors = warnings = 0
+    for file in files:
         try:
-            policy = load_policy(file)
+            policy = load_policy(locate(file))
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            failed += 1
+            errors += 1
             continue
+        found = lint(policy, load_source(file), handler_names(file))
+        for finding in found:
+            print(finding.format(file), file=sys.stderr)
+        file_errors = sum(1 for f in found if f.severity == "error")
+        errors += file_errors
+        warnings += len(found) - file_errors
+        state = "ok" if not found else ("failed" if file_errors else "warnings")
+        counts = f"; {file_errors} error(s), {len(found) - file_errors} warning(s)" if found else ""
         print(
-            f"ok: {file}: policy {policy.name!r}, {len(policy.tiers)} tiers, "
-            f"{len(policy.meters)} meters, {len(policy.routes)} routes"
+            f"{state}: {file}: policy {policy.name!r}, {len(policy.tiers)} tiers, "
+            f"{len(policy.meters)} meters, {len(policy.routes)} routes{counts}"
         )
-    return EXIT_CONFIG if failed else 0
+    if errors:
+        return EXIT_CONFIG
+    return EXIT_WARNINGS if strict and warnings else 0
 
 
 if __name__ == "__main__":

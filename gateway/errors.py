@@ -4,6 +4,7 @@
     ├── BadRequest                  400: malformed path, headers or JSON
     ├── Unauthenticated             401: no, malformed, unknown, revoked or forged credential
     ├── NotFound                    404: no route, no such account or key
+    │   └── Gone                    410: kept no longer (a statement past retention)
     ├── RequestTimeout              408: the client went silent mid-body
     ├── PayloadTooLarge             413: body over the configured limit
     ├── HeadersTooLarge             431: a header field too long, or too many of them
@@ -15,7 +16,9 @@
     └── PolicyRefusal               a decision of the policy, body from the policy's templates
         ├── QuotaExceeded           a meter would go over its limit (429 by default)
         ├── FeatureUnavailable      the tier lacks a feature the route needs (402/403)
-        └── TierForbidden           the route refuses the caller's tier (403)
+        ├── TierForbidden           the route refuses the caller's tier (403)
+        ├── ServiceCapDenied        the key's service cap denies the route's module (403)
+        └── ServiceCapExceeded      the key's service cap on the module is used up (429)
 
 Foreign exceptions (aiohttp client errors, pyjwt, redis) are translated where they enter
 the gateway, with ``raise ... from exc``; nothing else reaches the boundary.
@@ -102,6 +105,11 @@ class MethodNotAllowed(GatewayError):
         super().__init__(
             f"{method} is not allowed on {path}; allowed: {listed}", headers={"Allow": listed}
         )
+
+
+class Gone(NotFound):
+    status = 410
+    code = "GONE"
 
 
 class RequestTimeout(GatewayError):
@@ -196,6 +204,14 @@ class FeatureUnavailable(PolicyRefusal):
 
 class TierForbidden(PolicyRefusal):
     outcome = "tier_forbidden"
+
+
+class ServiceCapDenied(PolicyRefusal):
+    outcome = "service_cap_denied"
+
+
+class ServiceCapExceeded(PolicyRefusal):
+    outcome = "service_cap_exceeded"
 
 
 class PolicyInvalid(GatewayError):

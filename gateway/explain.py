@@ -1,16 +1,19 @@
 """Why a request would be admitted or refused: the pipeline's decision, read-only.
 
 It follows the request path's own steps (match, identify, gate, meter) with ``Store.peek``
-in place of ``consume``, so it agrees with the real decision and consumes nothing.
+in place of ``consume``, on the same inputs (the credential's account, packages and overage,
+the declared body size, the gateway's handlers), so it agrees with the real decision and
+consumes nothing. tests/test_explain_serve.py holds the two to the same answers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from gateway.errors import GatewayError, NotFound, PolicyRefusal, Unauthenticated
 from gateway.identity.resolve import Authenticator, Identity
-from gateway.metering import decide
+from gateway.metering import caps, decide
 from gateway.metering.clock import Clock
 from gateway.metering.store import Store
 from gateway.metering.windows import iso
@@ -37,13 +40,18 @@ async def explain(
     credential: str | None = None,
     authenticator: Authenticator | None = None,
     identity: Identity | None = None,
+    content_length: int | None = None,
+    handlers: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The decision the gateway would take now for ``method path`` with this caller.
 
     The caller is a ``credential`` resolved by ``authenticator``, or an ``identity`` given
-    outright (offline explain, where no accounts exist)."""
+    outright (offline explain, where no accounts exist). ``content_length`` is the body the
+    request declares (charged to a route's body meter); ``handlers`` are the names of the
+    gateway's own handlers (a route naming another is refused as serve refuses it)."""
     out: dict[str, Any] = {
         "request": f"{method} {path}",
+        "content_length": content_length,
         "policy": {"name": policy.name, "digest": policy.digest},
         "route": None,
         "identity": None,
@@ -58,6 +66,7 @@ async def explain(
         route, params = matched
         out["route"] = {"name": route.name, "pattern": route.pattern, "auth": route.auth}
         if not route.auth:
+            _check_handler(route.name, route.answer, handlers)
             return {**out, "decision": _admitted(route.answer)}
         if identity is None:
             if credential is None or authenticator is None:
@@ -73,13 +82,16 @@ async def explain(
         }
         out["tier"] = tier.name
         shadow = policy.shadowed(tier, route)
-        refusals: list[PolicyRefusal] = []
+        refusals: list[GatewayError] = []
         try:
             decide.check_gates(policy, tier, route)
+            caps.check(policy, route, identity)
         except PolicyRefusal as gate:
             refusals.append(gate)
         project_id = decide.project_scope(route, identity, params)
-        charges = decide.charges(policy, tier, identity.account_id, project_id, route.consume)
+        costs = decide.request_costs(route, content_length)
+        charges = decide.charges(policy, tier, identity.account_id, project_id, costs, identity)
+        charges += caps.charges(route, identity)
         states = await store.peek(identity.account_id, charges) if charges else ()
         now = clock.now()
         over = None
@@ -87,7 +99,11 @@ async def explain(
             fits = state.limit is None or state.used + charge.cost <= state.limit
             if not fits and over is None:
                 # the store refuses at the first charge over its limit, and so does this
-                over = decide.quota_refusal(policy, tier, route, charge, state, now)
+                over = (
+                    caps.refusal(policy, charge, state, now)
+                    if caps.is_cap(charge.meter)
+                    else decide.quota_refusal(policy, tier, route, charge, state, now)
+                )
             out["meters"].append(
                 {
                     "meter": charge.meter,
@@ -102,6 +118,9 @@ async def explain(
             )
         if over is not None and (shadow or not refusals):
             refusals.append(over)
+        if not refusals or shadow:
+            # serve looks the handler up only once the request is admitted
+            _check_handler(route.name, route.answer, handlers)
         if not refusals:
             return {**out, "decision": _admitted(route.answer)}
         if shadow:
@@ -111,6 +130,11 @@ async def explain(
         return {**out, "decision": _refused(refusals[0])}
     except GatewayError as exc:
         return {**out, "decision": _refused(exc)}
+
+
+def _check_handler(route: str, answer: str | None, handlers: Collection[str] | None) -> None:
+    if answer is not None and handlers is not None and answer not in handlers:
+        raise NotFound(f"route {route} names no handler this gateway has")
 
 
 def _admitted(answer: str | None) -> dict[str, Any]:

@@ -191,6 +191,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.policy_tier_moves = Counter(
+            "gateway_policy_tier_moves_total",
+            "Accounts a reload moved to another tier (their tier dropped), by old and new tier.",
+            ["from_tier", "to_tier"],
+            registry=registry,
+        )
         self.shadow_refusals = Counter(
             "gateway_shadow_refusals_total",
             "Requests a shadowed tier, route or policy would have refused, forwarded instead.",

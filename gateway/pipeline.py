@@ -1,4 +1,4 @@
-"""The request path, top to bottom: identify, match, gate, meter, forward, settle, headers."""
+"""The request path in order: canonical path, match, identify, gate, meter, forward, settle."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.identity.resolve import Authenticator, Identity, credential_from
-from gateway.metering import decide
+from gateway.metering import caps, decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
 from gateway.metering.reported import USAGE_HEADER, Reported, parse_usage
@@ -107,16 +107,20 @@ class Pipeline:
             entry.project_id = decide.project_scope(route, identity, params)
             try:
                 decide.check_gates(policy, tier, route)
+                caps.check(policy, route, identity)
             except PolicyRefusal as gate:
                 self._shadow_or_raise(policy, tier, route, entry, gate)
             costs = decide.request_costs(route, request.content_length)
             chunked = request.content_length is None and request.body_exists
             if route.body_meter is not None and chunked:  # charged as it flows, never free
                 streamed = self._streamed_charge(policy, tier, route, identity, entry)
-            if costs:
+            # the key's service cap is one more charge in the same single decision
+            capped = caps.charges(route, identity)
+            if costs or capped:
                 charges = decide.charges(
                     policy, tier, identity.account_id, entry.project_id, costs, identity
                 )
+                charges += capped
                 started = time.perf_counter()
                 decision = await self._store.consume(
                     identity.account_id, charges, failure_mode=tier.store_failure_mode
@@ -128,23 +132,31 @@ class Pipeline:
                     index = decision.refused
                     assert index is not None
                     request[METER_LABEL] = charges[index].meter
-                    refusal = decide.quota_refusal(
-                        policy,
-                        tier,
-                        route,
-                        charges[index],
-                        decision.states[index],
-                        self._clock.now(),
+                    refusal = (
+                        caps.refusal(
+                            policy, charges[index], decision.states[index], self._clock.now()
+                        )
+                        if caps.is_cap(charges[index].meter)
+                        else decide.quota_refusal(
+                            policy,
+                            tier,
+                            route,
+                            charges[index],
+                            decision.states[index],
+                            self._clock.now(),
+                        )
                     )
                     if decision.degraded:
                         refusal.headers[DEGRADED_HEADER] = "fail-open"
                     self._shadow_or_raise(policy, tier, route, entry, refusal)
                     decision = None  # forwarded in shadow: nothing was consumed
+                # settling walks the decision's states: one (meter, cost) per charge
+                costs = (*costs, *((c.meter, c.cost) for c in capped))
 
         if route.answer is not None:
             return await self._answer(request, policy, route, params, identity, decision, costs)
 
-        inject = _identity_headers(identity, route) if identity is not None else {}
+        inject = _identity_headers(policy, identity, route) if identity is not None else {}
         inject[REQUEST_ID_HEADER] = entry.request_id
         if entry.trace is not None:
             inject.update(entry.trace.upstream_headers())
@@ -370,11 +382,11 @@ class Pipeline:
         if decision is not None:
             for (name, cost), state in zip(costs, decision.states, strict=True):
                 meter = policy.meters.get(name)
-                if meter is None:
-                    continue
+                # a service cap counts calls like a counter
+                kind = meter.kind if meter is not None else "counter" if caps.is_cap(name) else None
                 # a live count rises only when the upstream created the thing (2xx)
-                if (meter.kind == "gauge" and not ok) or (
-                    meter.kind == "counter" and not delivered and route.refund == "unanswered"
+                if (kind == "gauge" and not ok) or (
+                    kind == "counter" and not delivered and route.refund == "unanswered"
                 ):
                     giveback.append((state.key, cost))
                     refunded.append((name, cost))
@@ -432,12 +444,16 @@ def _carries_gateway_key(policy: Policy, headers: CIMultiDictProxy[str]) -> bool
     return policy.key_type(authorization.strip().partition(" ")[2].strip()) is not None
 
 
-def _identity_headers(identity: Identity, route: Route) -> dict[str, str]:
+def _identity_headers(policy: Policy, identity: Identity, route: Route) -> dict[str, str]:
     out = {
         identity_headers.ACCOUNT: identity.account_id,
         identity_headers.TIER: identity.tier,
         identity_headers.ROUTE: route.name,
     }
+    upstream = policy.upstream_features(policy.tier(identity.tier))
+    if upstream:
+        # only the gateway sets it: a client's X-Gateway-* headers are stripped first
+        out[identity_headers.FEATURES] = upstream
     if identity.project_id is not None:
         out[identity_headers.PROJECT] = identity.project_id
     if identity.key_id is not None:

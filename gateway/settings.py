@@ -216,6 +216,9 @@ class Settings:
     policy: str = "policies/agentstack.yaml"
     # seconds between checks of the policy file for changes (0: only SIGHUP and the admin API)
     policy_watch_seconds: float = 1.0
+    # a reload may serve accounts on another tier (a tier dropped, default_tier changed)
+    # without the admin API's allow_tier_changes=true (see docs/operations.md)
+    policy_allow_tier_changes: bool = False
     # the JSON-lines access log: a file path, "-" for stdout, or None for none
     access_log: str | None = None
     store: str = "memory"
@@ -227,6 +230,8 @@ class Settings:
     store_failure_mode: Literal["closed", "open"] = "closed"
     # fail open: units each meter of an account may take per outage, counted and written back
     store_fail_open_allowance: int = 100
+    # refuse to start (exit 2) when the store does not answer at start, instead of probing it
+    require_store: bool = False
     identity_cache_ttl_seconds: float = 5.0
     identity_cache_entries: int = 10_000
     workers: int = 1
@@ -287,12 +292,14 @@ KEYS: dict[str, frozenset[str]] = {
             "admin_listen",
             "policy",
             "policy_watch_seconds",
+            "policy_allow_tier_changes",
             "access_log",
             "store",
             "store_timeout_ms",
             "store_probe_seconds",
             "store_failure_mode",
             "store_fail_open_allowance",
+            "require_store",
             "identity_cache_ttl_seconds",
             "identity_cache_entries",
             "workers",
@@ -419,6 +426,8 @@ def _from_file(path: str) -> Settings:
         values["policy"] = str(_relative(base, child.str()))
     if (child := node.get("policy_watch_seconds")) is not None:
         values["policy_watch_seconds"] = child.number(minimum=0)
+    if (child := node.get("policy_allow_tier_changes")) is not None:
+        values["policy_allow_tier_changes"] = child.bool()
     if (child := node.get("access_log")) is not None and child.value is not None:
         target = child.str()
         values["access_log"] = target if target == "-" else str(_relative(base, target))
@@ -432,6 +441,8 @@ def _from_file(path: str) -> Settings:
         values["store_failure_mode"] = child.str(choices=("closed", "open"))
     if (child := node.get("store_fail_open_allowance")) is not None:
         values["store_fail_open_allowance"] = child.int(minimum=0)
+    if (child := node.get("require_store")) is not None:
+        values["require_store"] = child.bool()
     if (child := node.get("identity_cache_ttl_seconds")) is not None:
         values["identity_cache_ttl_seconds"] = child.number(minimum=0)
     if (child := node.get("identity_cache_entries")) is not None:

@@ -15,6 +15,7 @@ from gateway.errors import Forbidden, NotFound, Unauthenticated, ValidationError
 from gateway.identity.registry import Account, Registry
 from gateway.identity.tokens import TENANT_ID
 from gateway.metering import decide
+from gateway.metering.caps import parse_caps
 from gateway.metering.store import MeterState, Store
 from gateway.metering.windows import iso
 from gateway.policy.holder import PolicyHolder
@@ -139,11 +140,13 @@ class AdminApi:
             raise ValidationError(
                 "project_id is required for a project key.", details={"field": "project_id"}
             )
+        capped = parse_caps(policy, policy.tier(account.tier), body.get("caps"), kind=key_type.kind)
         record, plaintext = await self._registry.issue_key(
             account.id,
             key_type,
             project_id=project_id,
             label=field(body, "label", str, required=False),
+            caps=capped,
         )
         await hold(self._store, policy, account.id, [(key_meter(record.kind), 1)])
         # the only time the key is ever shown: only its digest is kept

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from aiohttp import web
 
 from gateway.api.body import field, read_json
-from gateway.errors import PolicyInvalid, ValidationError
+from gateway.errors import Conflict, PolicyInvalid, ValidationError
 from gateway.explain import explain, parse_request
 from gateway.identity.resolve import Authenticator
+from gateway.identity.tier_moves import TierChangesRefused
 from gateway.metering.clock import Clock
 from gateway.metering.store import Store
 from gateway.metering.windows import iso
@@ -25,7 +28,9 @@ class AdminPolicyApi:
         authenticator: Authenticator,
         store: Store,
         clock: Clock,
+        handlers: Collection[str] = (),
     ) -> None:
+        self._handlers = frozenset(handlers)
         self._policy = policy
         self._reloader = reloader
         self._auth = authenticator
@@ -53,8 +58,19 @@ class AdminPolicyApi:
         return web.json_response({**self._summary(), "content": self._reloader.text})
 
     async def reload(self, request: web.Request) -> web.Response:
+        allow = request.query.get("allow_tier_changes", "false")
+        if allow not in ("true", "false"):
+            raise ValidationError(
+                "allow_tier_changes is true or false", details={"field": "allow_tier_changes"}
+            )
         try:
-            await self._reloader.reload("POST /admin/policy/reload")
+            await self._reloader.reload(
+                "POST /admin/policy/reload", allow_tier_changes=allow == "true"
+            )
+        except TierChangesRefused as exc:
+            raise Conflict(
+                f"the policy was not reloaded: {exc}", details=exc.moves.details()
+            ) from exc
         except ConfigError as exc:
             raise PolicyInvalid(
                 f"the policy was not reloaded: {exc}",
@@ -73,6 +89,11 @@ class AdminPolicyApi:
         except ValueError as exc:
             raise ValidationError(str(exc), details={"field": "request"}) from exc
         credential = field(body, "credential", str, required=False, max_len=8192)
+        content_length = field(body, "content_length", int, required=False)
+        if content_length is not None and content_length < 0:
+            raise ValidationError(
+                "content_length is a number of bytes", details={"field": "content_length"}
+            )
         report = await explain(
             self._policy.current,
             self._store,
@@ -81,5 +102,7 @@ class AdminPolicyApi:
             path,
             credential=credential,
             authenticator=self._auth,
+            content_length=content_length,
+            handlers=self._handlers,
         )
         return web.json_response(report)

@@ -17,6 +17,7 @@ from gateway.api.holdings import key_meter
 from gateway.api.local import LocalContext, LocalHandler
 from gateway.errors import Conflict, NotFound, ValidationError
 from gateway.identity.registry import ApiKey, Project, Registry
+from gateway.metering.caps import parse_caps
 
 #: the prefix of user keys a registered account creates (``anon_ask_`` is provisioning's)
 USER_KEY_PREFIX = "user_ask_"
@@ -128,11 +129,13 @@ class ProjectsApi:
         self, ctx: LocalContext, body: dict[str, Any], prefix: str, project_id: str | None
     ) -> web.Response:
         label = field(body, "label", str, required=False)
+        identity = ctx.require_identity()
+        kind = key_type(ctx.policy, prefix)
+        capped = parse_caps(
+            ctx.policy, ctx.policy.tier(identity.tier), body.get("caps"), kind=kind.kind
+        )
         record, plaintext = await self._registry.issue_key(
-            ctx.require_identity().account_id,
-            key_type(ctx.policy, prefix),
-            project_id=project_id,
-            label=label,
+            identity.account_id, kind, project_id=project_id, label=label, caps=capped
         )
         # the only time the key is shown: only its digest is kept
         return web.json_response({**record.public(), "key": plaintext}, status=201)

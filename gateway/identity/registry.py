@@ -72,12 +72,18 @@ class ApiKey:
     project_id: str | None = None
     label: str | None = None
     revoked_at: float | None = None
+    #: service caps by module: {"deny": true} or {"limit": N, "period": "day"|"month"}
+    caps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """What the admin API shows: never the digest, never the key."""
         out = dataclasses.asdict(self)
         del out["digest"]
         return out
+
+
+#: the store set, per tier name, of the accounts on it
+TIER_INDEX = "tier_accounts"
 
 
 def org_account_id(organization_id: str) -> str:
@@ -132,6 +138,7 @@ class Registry:
         doc = dataclasses.asdict(account)
         if not await self._store.put_record("account", account_id, doc, only_if_absent=True):
             raise Conflict(f"account {account_id!r} already exists")
+        await self._store.add_member(TIER_INDEX, tier, account_id)
         # a process may have cached this id as absent (a JWT tenant seen before signing up)
         await self._changed("account", account_id)
         return account
@@ -177,7 +184,10 @@ class Registry:
         is ``create()``d and the rule applied to that, in the same step; without
         ``create`` it is NotFound."""
 
+        before: list[str | None] = [None]  # the tier the stored account had, for the index
+
         def apply(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            before[0] = None if doc is None else doc.get("tier")
             if doc is None:
                 if create is None:
                     raise NotFound(f"no account {account_id!r}")
@@ -188,9 +198,13 @@ class Registry:
             return doc if wanted == current else {**doc, **dataclasses.asdict(wanted)}
 
         doc, changed = await change(self._store, "account", account_id, apply)
+        account: Account = _load(Account, doc)
+        if changed and before[0] != account.tier:
+            await self._store.add_member(TIER_INDEX, account.tier, account_id)
+            if before[0] is not None:
+                await self._store.remove_member(TIER_INDEX, before[0], account_id)
         if changed:
             await self._changed("account", account_id)
-        account: Account = _load(Account, doc)
         return account, changed
 
     async def update_account(self, account_id: str, **changes: Any) -> Account:
@@ -199,6 +213,18 @@ class Registry:
             account_id, lambda current: dataclasses.replace(current, **changes)
         )
         return account
+
+    async def accounts_on_tier(self, tier: str) -> list[str]:
+        """The ids of the accounts whose record names ``tier`` (for reload guards).
+
+        The index may briefly hold an account under two tiers while its tier changes;
+        each record is read, so an account is counted on the tier it has."""
+        found = []
+        for account_id in await self._store.members(TIER_INDEX, tier):
+            doc = await self._store.get_record("account", account_id)
+            if doc is not None and doc.get("tier") == tier:
+                found.append(account_id)
+        return found
 
     async def create_project(self, account_id: str, name: str) -> Project:
         project = Project(
@@ -220,7 +246,10 @@ class Registry:
     ) -> tuple[Project, bool]:
         """As ``change_account``, for a project (NotFound if absent)."""
 
+        before: list[str | None] = [None]  # the tier the stored account had, for the index
+
         def apply(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            before[0] = None if doc is None else doc.get("tier")
             if doc is None:
                 raise NotFound(f"no project {project_id!r}")
             current = _load(Project, doc)
@@ -261,6 +290,7 @@ class Registry:
         *,
         project_id: str | None = None,
         label: str | None = None,
+        caps: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its plaintext, which is returned here once and never stored."""
         plaintext = new_key(key_type.prefix, key_type.length)
@@ -273,6 +303,7 @@ class Registry:
             created_at=self._clock.now(),
             project_id=project_id,
             label=label,
+            caps=caps or {},
         )
         doc = dataclasses.asdict(record)
         await self._store.put_record("key", record.digest, doc)

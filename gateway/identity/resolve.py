@@ -31,6 +31,8 @@ class Identity:
     #: with the cached account so the one metering round trip needs nothing else
     packages: Mapping[str, int] = field(default_factory=dict)
     overage: frozenset[str] = frozenset()
+    #: the project key's service caps by module (gateway/metering/caps.py)
+    caps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _billing(policy: Policy, account: Account | None) -> dict[str, Any]:
@@ -95,6 +97,7 @@ class Authenticator:
                 project_id=key.project_id,
                 key_id=key.id,
                 organization_id=account.organization_id,
+                caps=key.caps,
                 **_billing(policy, account),
             )
         if self._sessions is not None and SESSION_TOKEN.fullmatch(credential):

@@ -109,25 +109,38 @@ def check_gates(policy: Policy, tier: Tier, route: Route) -> None:
         )
     for feature in route.features:
         if feature not in tier.features:
-            # the cheapest tier that allows the request: every feature it needs, not just this one
-            upgrade = policy.cheapest_tier(
-                lambda t: t.rank > tier.rank and all(f in t.features for f in route.features)
-            )
-            variables = {
-                "route": route.name,
-                "feature": feature,
-                "feature_title": policy.features[feature].title,
-            }
-            raise _refusal(
-                FeatureUnavailable,
-                policy,
-                tier,
-                "feature_unavailable",
-                feature,
-                variables,
-                upgrade,
-                f"feature {feature} not on tier {tier.name}",
-            )
+            raise feature_refusal(policy, tier, feature, route.name, route.features)
+
+
+def feature_refusal(
+    policy: Policy,
+    tier: Tier,
+    feature: str,
+    route: str,
+    needs: Sequence[str] = (),
+) -> FeatureUnavailable:
+    """The policy's answer when ``tier`` lacks ``feature`` (of ``needs``, all the request
+    needs), with the cheapest tier that has them all."""
+    needed = (*needs, feature)
+    upgrade = policy.cheapest_tier(
+        lambda t: t.rank > tier.rank and all(f in t.features for f in needed)
+    )
+    variables = {
+        "route": route,
+        "feature": feature,
+        "feature_title": policy.features[feature].title,
+    }
+    refusal: FeatureUnavailable = _refusal(
+        FeatureUnavailable,
+        policy,
+        tier,
+        "feature_unavailable",
+        feature,
+        variables,
+        upgrade,
+        f"feature {feature} not on tier {tier.name}",
+    )
+    return refusal
 
 
 def quota_refusal(

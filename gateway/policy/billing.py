@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.policy.model import Meter
+from gateway.policy.names import did_you_mean
 from gateway.policy.source import Node, describe
 
 _MONEY = re.compile(r"\$(\d{1,9})(?:\.(\d{1,2}))?")
@@ -123,14 +124,20 @@ def parse_billing(
             for meter_name, rule in ms.items():
                 meter = meters.get(meter_name)
                 if meter is None:
-                    raise rule.fail(f"unknown meter; meters are: {', '.join(meters)}")
+                    raise rule.fail(
+                        f"unknown meter; meters are: {', '.join(meters)}"
+                        + did_you_mean(meter_name, meters)
+                    )
                 if meter.kind != "counter":
                     raise rule.fail("overage is priced per unit of a counter, not a live count")
                 rule.mapping(allowed={"switch", "price", "per"}, required={"switch", "price"})
                 switch_node = rule.child("switch")
                 switch = switch_node.str(max_len=40)
                 if switch not in switches:
-                    raise switch_node.fail(f"unknown switch; switches are: {', '.join(switches)}")
+                    raise switch_node.fail(
+                        f"unknown switch; switches are: {', '.join(switches)}"
+                        + did_you_mean(switch, switches)
+                    )
                 per_node = rule.get("per", 1)
                 assert per_node is not None
                 per = per_node.int(minimum=1, maximum=10**9)
@@ -147,7 +154,10 @@ def parse_billing(
             meter_name = meter_node.str()
             meter = meters.get(meter_name)
             if meter is None:
-                raise meter_node.fail(f"unknown meter; meters are: {', '.join(meters)}")
+                raise meter_node.fail(
+                    f"unknown meter; meters are: {', '.join(meters)}"
+                    + did_you_mean(meter_name, meters)
+                )
             packages[kind] = {}
             for size, size_node in kind_node.child("sizes").items():
                 if not _SIZE_NAME.fullmatch(size):
@@ -183,7 +193,10 @@ def parse_billing(
         if (em := an.get("exports_meter")) is not None:
             exports_meter = em.str()
             if exports_meter not in meters:
-                raise em.fail(f"unknown meter; meters are: {', '.join(meters)}")
+                raise em.fail(
+                    f"unknown meter; meters are: {', '.join(meters)}"
+                    + did_you_mean(exports_meter, meters)
+                )
     return Billing(
         switches=switches,
         overage=overage,
@@ -199,5 +212,7 @@ def parse_billing(
 def _tier_name(node: Node, tiers: tuple[str, ...], name: str | None = None) -> str:
     tier = name if name is not None else node.str()
     if tier not in tiers:
-        raise node.fail(f"unknown tier {tier!r}; tiers are: {', '.join(tiers)}")
+        raise node.fail(
+            f"unknown tier {tier!r}; tiers are: {', '.join(tiers)}" + did_you_mean(tier, tiers)
+        )
     return tier

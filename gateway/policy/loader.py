@@ -18,9 +18,11 @@ from gateway.policy.model import (
     PathMatching,
     Policy,
     Route,
+    ServiceCaps,
     Template,
     Tier,
 )
+from gateway.policy.names import did_you_mean
 from gateway.policy.source import ConfigError, Node, describe, load_source, parse_source, root
 from gateway.policy.templates import check_template
 
@@ -90,6 +92,7 @@ def _build(top: Node, file: str, digest: str) -> Policy:
             "table",
             "billing",
             "shadow",
+            "service_caps",
             "path_matching",
         },
         required={"name", "default_tier", "meters", "tiers", "routes"},
@@ -122,9 +125,13 @@ def _build(top: Node, file: str, digest: str) -> Policy:
     default_node = top.child("default_tier")
     default_tier = default_node.str()
     if default_tier not in tiers:
-        raise default_node.fail(f"unknown tier {default_tier!r}; tiers are: {', '.join(tiers)}")
+        raise default_node.fail(
+            f"unknown tier {default_tier!r}; tiers are: {', '.join(tiers)}"
+            + did_you_mean(default_tier, tiers)
+        )
+    service_caps = _service_caps(top.get("service_caps"), features)
     matching = path_matching(top.get("path_matching"), "strict")
-    routes = _routes(top.child("routes"), meters, features, tiers, matching)
+    routes = _routes(top.child("routes"), meters, features, tiers, service_caps, matching)
     table = _table(top.get("table"), meters, features, tiers)
     billing_node = top.get("billing")
     billing = (
@@ -147,7 +154,29 @@ def _build(top: Node, file: str, digest: str) -> Policy:
         table=table,
         billing=billing,
         shadow=_shadow(top),
+        service_caps=service_caps,
     )
+
+
+def _service_caps(node: Node | None, features: dict[str, Feature]) -> ServiceCaps | None:
+    """``service_caps: {feature: service_caps, modules: {payments: Payments, ...}}``."""
+    if node is None:
+        return None
+    node.mapping(allowed={"feature", "modules"}, required={"feature", "modules"})
+    feature_node = node.child("feature")
+    feature = feature_node.str()
+    if feature not in features:
+        raise feature_node.fail(
+            f"unknown feature; features are: {', '.join(features) or '(none)'}"
+            + did_you_mean(feature, features)
+        )
+    modules: dict[str, str] = {}
+    for module, title_node in node.child("modules").items():
+        _check_name(node.child("modules"), module, "module")
+        modules[module] = title_node.str(max_len=100)
+    if not modules:
+        raise node.child("modules").fail("name at least one module")
+    return ServiceCaps(feature=feature, modules=modules)
 
 
 def _shadow(node: Node) -> bool:
@@ -183,7 +212,7 @@ def _check_name(parent: Node, key: str, what: str, pattern: re.Pattern[str] = _N
 def _meter(key: str, node: Node) -> Meter:
     _check_name(Node(node.source, node.path[:-1], None), key, "meter")
     node.mapping(
-        allowed={"kind", "period", "scope", "title", "label", "unit", "display_unit"},
+        allowed={"kind", "period", "scope", "title", "label", "unit", "display_unit", "reported"},
         required={"kind", "scope"},
     )
     kind = node.child("kind").str(choices=("counter", "gauge"))
@@ -215,7 +244,13 @@ def _meter(key: str, node: Node) -> Meter:
         label=label,
         unit=unit,
         display_unit=display_unit,
+        reported=_flag(node, "reported"),
     )
+
+
+def _flag(node: Node, key: str) -> bool:
+    child = node.get(key)
+    return child.bool() if child is not None else False
 
 
 def _text(node: Node, key: str, default: str) -> str:
@@ -225,12 +260,16 @@ def _text(node: Node, key: str, default: str) -> str:
 
 def _feature(key: str, node: Node) -> Feature:
     _check_name(Node(node.source, node.path[:-1], None), key, "feature")
-    node.mapping(allowed={"title", "shown_enabled", "shown_disabled"})
+    node.mapping(allowed={"title", "shown_enabled", "shown_disabled", "enforced"})
+    enforced_node = node.get("enforced", "gateway")
+    assert enforced_node is not None
+    enforced = enforced_node.str(choices=("gateway", "upstream"))
     return Feature(
         name=key,
         title=_text(node, "title", key.replace("_", " ").capitalize()),
         shown_enabled=_text(node, "shown_enabled", "✅ Enabled"),
         shown_disabled=_text(node, "shown_disabled", "❌ Disabled"),
+        enforced="upstream" if enforced == "upstream" else "gateway",
     )
 
 
@@ -310,7 +349,9 @@ def _tier(
     for meter_name, limit_node in limits_node.items():
         meter = meters.get(meter_name)
         if meter is None:
-            raise limit_node.fail(f"unknown meter; meters are: {', '.join(meters)}")
+            raise limit_node.fail(
+                f"unknown meter; meters are: {', '.join(meters)}" + did_you_mean(meter_name, meters)
+            )
         limits[meter_name] = parse_limit(limit_node, meter)
     for meter_name in meters:
         if meter_name not in limits:
@@ -323,7 +364,10 @@ def _tier(
     for item in features_node.list():
         feature = item.str()
         if feature not in features:
-            raise item.fail(f"unknown feature; features are: {', '.join(features) or '(none)'}")
+            raise item.fail(
+                f"unknown feature; features are: {', '.join(features) or '(none)'}"
+                + did_you_mean(feature, features)
+            )
         enabled.add(feature)
     attributes: dict[str, str] = {}
     attributes_node = node.get("attributes", {})
@@ -369,11 +413,11 @@ def _responses(
             )
         if subject:
             if decision == "quota_exceeded" and subject not in meters:
-                raise item.fail(f"unknown meter {subject!r}")
+                raise item.fail(f"unknown meter {subject!r}" + did_you_mean(subject, meters))
             if decision == "feature_unavailable" and subject not in features:
-                raise item.fail(f"unknown feature {subject!r}")
+                raise item.fail(f"unknown feature {subject!r}" + did_you_mean(subject, features))
             if decision == "tier_forbidden" and subject not in routes:
-                raise item.fail(f"unknown route {subject!r}")
+                raise item.fail(f"unknown route {subject!r}" + did_you_mean(subject, routes))
         out[selector] = _template(item)
     return out
 
@@ -472,7 +516,9 @@ def _costs(
     for meter_name, cost_node in node.items():
         meter = meters.get(meter_name)
         if meter is None:
-            raise cost_node.fail(f"unknown meter; meters are: {', '.join(meters)}")
+            raise cost_node.fail(
+                f"unknown meter; meters are: {', '.join(meters)}" + did_you_mean(meter_name, meters)
+            )
         if gauges_only and meter.kind != "gauge":
             raise cost_node.fail("only gauges (live counts) can be released")
         out.append((meter_name, cost_node.int(minimum=1, maximum=10**9)))
@@ -490,6 +536,7 @@ def _routes(
     meters: dict[str, Meter],
     features: dict[str, Feature],
     tiers: dict[str, Tier],
+    service_caps: ServiceCaps | None,
     matching: PathMatching = "strict",
 ) -> tuple[Route, ...]:
     routes: list[Route] = []
@@ -510,6 +557,7 @@ def _routes(
                 "answer",
                 "body_meter",
                 "shadow",
+                "module",
                 "path_matching",
                 "websocket",
             },
@@ -543,6 +591,7 @@ def _routes(
             if feature not in features:
                 raise feature_node.fail(
                     f"unknown feature; features are: {', '.join(features) or '(none)'}"
+                    + did_you_mean(feature, features)
                 )
             required.append(feature)
         deny: set[str] = set()
@@ -551,7 +600,9 @@ def _routes(
         for tier_node in deny_node.list():
             tier = tier_node.str()
             if tier not in tiers:
-                raise tier_node.fail(f"unknown tier; tiers are: {', '.join(tiers)}")
+                raise tier_node.fail(
+                    f"unknown tier; tiers are: {', '.join(tiers)}" + did_you_mean(tier, tiers)
+                )
             deny.add(tier)
         if not auth and (consume or release or required or deny):
             raise item.child("auth").fail("a route without auth cannot meter, gate or deny tiers")
@@ -577,6 +628,17 @@ def _routes(
                 raise body_node.fail("body_meter names a gauge whose unit is bytes")
             if not auth:
                 raise body_node.fail("a route without auth cannot meter")
+        module = None
+        if (module_node := item.get("module")) is not None:
+            module = module_node.str()
+            modules = service_caps.modules if service_caps is not None else {}
+            if module not in modules:
+                raise module_node.fail(
+                    f"unknown module; service_caps.modules are: {', '.join(modules) or '(none)'}"
+                    + did_you_mean(module, modules)
+                )
+            if not auth:
+                raise module_node.fail("a route without auth has no key to cap")
         websocket = False
         if (ws_node := item.get("websocket")) is not None:
             websocket = ws_node.bool()
@@ -600,6 +662,7 @@ def _routes(
                 answer=answer,
                 body_meter=body_meter,
                 shadow=_shadow(item),
+                module=module,
                 loose=loose,
                 literals=literals,
                 slash=slash,

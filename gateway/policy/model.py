@@ -37,6 +37,8 @@ class Meter:
     label: str  # for sentences: "Logic Engine calls per month"
     unit: str  # "calls", "bytes", ...
     display_unit: str | None = None  # bytes only: "MB", "GB"
+    # counted from the upstream's X-Gateway-Usage reports, so no route needs to consume it
+    reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ class Feature:
     title: str
     shown_enabled: str = "✅ Enabled"  # table cells of `gateway policy show`
     shown_disabled: str = "❌ Disabled"
+    # "upstream": the gateway cannot enforce it; it tells the upstream (X-Gateway-Features)
+    enforced: Literal["gateway", "upstream"] = "gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,8 @@ class Route:
     literals: tuple[str, ...] = ()  # the pattern's literal segments, as loose's L<i> groups
     slash: bool = False  # the pattern ends with '/'
     path_matching: PathMatching = "strict"
+    # a sensitive module (payments, scheduler, ...) a project key's service caps can limit
+    module: str | None = None
 
     def variant(self, path: str) -> tuple[str, bool] | None:
         """``(canonical path, look-alike ending)`` when ``path`` is a spelling of this route
@@ -158,6 +164,14 @@ class PathVariant(BadRequest):
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceCaps:
+    """Per-key caps on sensitive modules, for tiers granting ``feature`` (seed 001)."""
+
+    feature: str
+    modules: Mapping[str, str]  # module name -> title
+
+
+@dataclass(frozen=True, slots=True)
 class KeyType:
     """A kind of API key told apart by its prefix (``anon_ask_``, ``ask_``)."""
 
@@ -183,6 +197,7 @@ class Policy:
     table: tuple[str, ...]  # row order of `gateway policy show`: meters, features, attributes
     billing: Billing | None = None  # overage prices, packages, retention (policy/billing.py)
     shadow: bool = False  # the whole policy in shadow mode
+    service_caps: ServiceCaps | None = None
 
     def shadowed(self, tier: Tier, route: Route) -> bool:
         """Whether a refusal of ``route`` for ``tier`` is only watched, not enforced."""
@@ -237,6 +252,9 @@ class Policy:
         answered = [r for r in self.routes if r.answer is not None]
         pattern = next(r.pattern for r in answered if r.regex.fullmatch(path))
         return frozenset().union(*(r.methods or () for r in answered if r.pattern == pattern))
+    def upstream_features(self, tier: Tier) -> str:
+        """The tier's features the upstream enforces (``enforced: upstream``), as a header."""
+        return ",".join(sorted(f for f in tier.features if self.features[f].enforced == "upstream"))
 
     def tier(self, name: str | None) -> Tier:
         """The named tier; an unknown or missing name falls back to the default tier."""

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
@@ -24,6 +24,8 @@ log = logging.getLogger("gateway")
 RELOAD_CHANNEL = "gateway:policy-reload"
 
 Check = Callable[[Policy], None]
+#: (active, candidate, allowed by the operator) -> None, or raise ValueError to keep the active
+Guard = Callable[[Policy, Policy, bool], Awaitable[None]]
 
 
 class Reloader:
@@ -38,6 +40,7 @@ class Reloader:
         self._metrics = metrics
         self._clock = clock
         self._checks: list[Check] = []
+        self._guard: Guard | None = None
         self._seen = _signature(path)
         # (file digest, reason) of the last failure counted: a retry of the same broken file
         # (a reconnect, the watch, another SIGHUP) is not a new failure
@@ -49,7 +52,12 @@ class Reloader:
         """Another test a new policy must pass (raising ValueError) before it is installed."""
         self._checks.append(check)
 
-    async def reload(self, why: str) -> Policy:
+    def set_guard(self, guard: Guard) -> None:
+        """What a new policy must pass against the active one, with the store at hand (the
+        tier guard: gateway/identity/tier_moves.py)."""
+        self._guard = guard
+
+    async def reload(self, why: str, *, allow_tier_changes: bool = False) -> Policy:
         """Install the file's policy and return it; raise ConfigError or ValueError, keeping
         the active policy, when the file is broken, whatever is wrong with it.
 
@@ -61,6 +69,8 @@ class Reloader:
             current = self._holder.current
             try:
                 policy, text = await asyncio.to_thread(self._prepare)
+                if self._guard is not None and policy.digest != current.digest:
+                    await self._guard(current, policy, allow_tier_changes)
             except Exception as exc:
                 failure = (_digest(self.path), str(exc))
                 if failure != self._failed:
@@ -87,6 +97,14 @@ class Reloader:
                     why,
                     policy.name,
                     current.digest[:12],
+                    policy.digest[:12],
+                )
+            else:
+                # said all the same: whoever asked for the reload learns it ran, changing nothing
+                log.info(
+                    "policy reloaded (%s): %s sha256 %s unchanged",
+                    why,
+                    policy.name,
                     policy.digest[:12],
                 )
             self._metrics.policy_reloads.labels("success").inc()

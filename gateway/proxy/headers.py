@@ -32,6 +32,8 @@ PROJECT = "X-Gateway-Project"
 KEY_ID = "X-Gateway-Key-Id"
 ORGANIZATION = "X-Gateway-Organization"
 ROUTE = "X-Gateway-Route"
+#: the caller's tier's features the policy marks ``enforced: upstream``, comma-separated
+FEATURES = "X-Gateway-Features"
 
 # headers the gateway itself sets on the way up, so client copies would be spoofs
 _FORWARDING = frozenset(
