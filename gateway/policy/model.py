@@ -252,6 +252,7 @@ class Policy:
         answered = [r for r in self.routes if r.answer is not None]
         pattern = next(r.pattern for r in answered if r.regex.fullmatch(path))
         return frozenset().union(*(r.methods or () for r in answered if r.pattern == pattern))
+
     def upstream_features(self, tier: Tier) -> str:
         """The tier's features the upstream enforces (``enforced: upstream``), as a header."""
         return ",".join(sorted(f for f in tier.features if self.features[f].enforced == "upstream"))
