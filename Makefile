@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install venv-locked demo test lint bench bench-redis mutate clean
+.PHONY: install venv-locked demo test lint bench bench-clients bench-redis mutate clean
 
 # the lock is taken before the venv exists, so it lives beside it; whoever waited on it finds
 # the venv already built (the check inside the lock) and leaves it alone
@@ -49,6 +49,11 @@ lint: install
 
 bench: install  ## on demand: throughput and latency against a bare proxy, same run
 	$(BIN)/python -m bench.run
+
+bench-clients: install  ## on demand: upstream clients, then proxy-port listeners, each alone
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.upstream_clients
+	$(BIN)/python -m bench.listeners
 
 bench-redis: install  ## on demand: consume.lua decisions/s beside INCR and a minimal EVALSHA
 	$(BIN)/python -m bench.redis_decisions
