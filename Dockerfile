@@ -7,8 +7,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# only what the package build reads, so an edit to tests or docs keeps this layer cached
-COPY pyproject.toml README.md /tmp/build/
+# only what the package build reads, so an edit to tests or docs keeps this layer cached;
+# gateway/policies and gateway/config link to policies/ and config/, which the package ships
+COPY pyproject.toml README.md LICENSE /tmp/build/
+COPY policies /tmp/build/policies
+COPY config /tmp/build/config
 COPY gateway /tmp/build/gateway
 RUN pip install --no-cache-dir /tmp/build && rm -rf /tmp/build
 

@@ -4,6 +4,7 @@
     ├── BadRequest                  400: malformed path, headers or JSON
     ├── Unauthenticated             401: no, malformed, unknown, revoked or forged credential
     ├── NotFound                    404: no route, no such account or key
+    │   └── Gone                    410: kept no longer (a statement past retention)
     ├── RequestTimeout              408: the client went silent mid-body
     ├── PayloadTooLarge             413: body over the configured limit
     ├── HeadersTooLarge             431: a header field too long, or too many of them
@@ -105,6 +106,11 @@ class MethodNotAllowed(GatewayError):
         super().__init__(
             f"{method} is not allowed on {path}; allowed: {listed}", headers={"Allow": listed}
         )
+
+
+class Gone(NotFound):
+    status = 410
+    code = "GONE"
 
 
 class RequestTimeout(GatewayError):

@@ -1,4 +1,4 @@
-"""The request path, top to bottom: identify, match, gate, meter, forward, settle, headers."""
+"""The request path in order: canonical path, match, identify, gate, meter, forward, settle."""
 
 from __future__ import annotations
 

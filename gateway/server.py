@@ -19,10 +19,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from prometheus_client.multiprocess import mark_process_dead
 
-from gateway.app import Gateway, admin_app, build_gateway, proxy_app, server_options
+from gateway.app import Gateway, admin_app, build_gateway, open_store, proxy_app, server_options
 from gateway.boundary import error_response
-from gateway.errors import BadRequest, GatewayError, HeadersTooLarge
+from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, StoreUnavailable
 from gateway.identity.keys import redact
+from gateway.metering.clock import SystemClock
 from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import Address, Settings
 
@@ -177,6 +178,8 @@ async def run_worker(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
     gateway = build_gateway(settings)
+    # a store that does not answer now is said once, here, not at the first request
+    await gateway.store.start()
     options = server_options(settings)
     grace = settings.shutdown_grace_seconds
     runners: list[GatewayRunner] = []
@@ -224,6 +227,19 @@ async def run_worker(
             await runner.cleanup()
 
 
+async def require_store(settings: Settings) -> None:
+    """Raise ServeError unless the configured store answers a ping (``require_store``)."""
+    store = open_store(settings.store, SystemClock(), timeout_ms=settings.store_timeout_ms)
+    try:
+        await store.ping()
+    except StoreUnavailable as exc:
+        raise ServeError(
+            f"the store does not answer at start ({exc}); not starting, as require_store is set"
+        ) from exc
+    finally:
+        await store.close()
+
+
 def raise_open_file_limit() -> None:
     """Lift the soft limit on open files to the hard limit, as Go programs do at start.
 
@@ -252,6 +268,8 @@ def serve(
     extra_sites: list[tuple[web.Application, Address]] | None = None,
 ) -> None:
     check_workers(settings)
+    if settings.require_store:
+        run_loop(require_store(settings))
     raise_open_file_limit()
     if settings.workers == 1:
         run_loop(run_worker(settings, on_ready=on_ready, extra_sites=extra_sites))

@@ -230,6 +230,8 @@ class Settings:
     store_failure_mode: Literal["closed", "open"] = "closed"
     # fail open: units each meter of an account may take per outage, counted and written back
     store_fail_open_allowance: int = 100
+    # refuse to start (exit 2) when the store does not answer at start, instead of probing it
+    require_store: bool = False
     identity_cache_ttl_seconds: float = 5.0
     identity_cache_entries: int = 10_000
     workers: int = 1
@@ -300,6 +302,7 @@ KEYS: dict[str, frozenset[str]] = {
             "store_probe_seconds",
             "store_failure_mode",
             "store_fail_open_allowance",
+            "require_store",
             "identity_cache_ttl_seconds",
             "identity_cache_entries",
             "workers",
@@ -444,6 +447,8 @@ def _from_file(path: str) -> Settings:
         values["store_failure_mode"] = child.str(choices=("closed", "open"))
     if (child := node.get("store_fail_open_allowance")) is not None:
         values["store_fail_open_allowance"] = child.int(minimum=0)
+    if (child := node.get("require_store")) is not None:
+        values["require_store"] = child.bool()
     if (child := node.get("identity_cache_ttl_seconds")) is not None:
         values["identity_cache_ttl_seconds"] = child.number(minimum=0)
     if (child := node.get("identity_cache_entries")) is not None:

@@ -89,7 +89,11 @@ def test_build_context_holds_the_package_and_the_dockerignore_keeps_it() -> None
         hit = [pattern for pattern in ignored if fnmatch.fnmatch(source, pattern)]
         assert not hit, f"{source} is copied into the image but .dockerignore drops it"
     # what the package build reads: its metadata, its readme and the package itself
-    assert {"pyproject.toml", "README.md", "gateway", "policies"} <= set(sources)
+    assert {"pyproject.toml", "README.md", "gateway", "policies", "config"} <= set(sources)
+    # the package links to policies/ and config/: the build must have what they point at
+    for link in (ROOT / "gateway").iterdir():
+        if link.is_symlink():
+            assert link.resolve().relative_to(ROOT).parts[0] in sources, link
     assert "tests" in ignored and ".venv" in ignored and ".git" in ignored
 
 

@@ -106,6 +106,13 @@ async def schemathesis(
     gateway: Served, url: str, paths: str, token: str, *more: str
 ) -> tuple[int, str]:
     """Run schemathesis on the document this gateway serves (its policy's tiers filled in)."""
+    cwd = tempfile.mkdtemp(prefix="schemathesis-")  # its .schemathesis/ cache goes there
+    # a schema-valid request the caller's tier may not make is refused as the seeds say: 402
+    # Upgrade Required is such a business answer, like the 403/409/429 schemathesis expects
+    Path(cwd, "schemathesis.toml").write_text(
+        "[checks.positive_data_acceptance]\n"
+        'expected-statuses = ["2xx", "3xx", "401", "402", "403", "404", "409", "429", "5xx"]\n'
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "schemathesis.cli", "--no-color",
         "run", gateway.admin + "/openapi.yaml",
@@ -121,7 +128,7 @@ async def schemathesis(
         *more,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        cwd=tempfile.mkdtemp(prefix="schemathesis-"),  # its .schemathesis/ cache goes there
+        cwd=cwd,
     )  # fmt: skip
     out, _ = await process.communicate()
     return await process.wait(), out.decode(errors="replace")

@@ -90,6 +90,26 @@ async def test_a_broken_file_keeps_the_last_good_policy(
     assert _sample(gw, "gateway_policy_reloads_total", {"result": "success"}) == 0
 
 
+async def test_a_reload_is_logged_whether_or_not_the_policy_changed(
+    make_gateway: GatewayFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await _setup(make_gateway, tmp_path)
+    digest = gw.gateway.policy.current.digest
+    caplog.set_level("INFO", logger="gateway")
+    resp = await gw.admin.post("/admin/policy/reload", headers=gw.admin_headers)
+    assert resp.status == 200
+    reloads = [r.getMessage() for r in caplog.records if "policy reloaded" in r.getMessage()]
+    assert reloads == [
+        f"policy reloaded (POST /admin/policy/reload): ops-test sha256 {digest[:12]} unchanged"
+    ]
+    write_policy(tmp_path / "ops.yaml", ops_policy(free_calls=5))
+    resp = await gw.admin.post("/admin/policy/reload", headers=gw.admin_headers)
+    new = (await resp.json())["digest"]
+    reloads = [r.getMessage() for r in caplog.records if "policy reloaded" in r.getMessage()]
+    why = "POST /admin/policy/reload"
+    assert reloads[1] == f"policy reloaded ({why}): ops-test sha256 {digest[:12]} -> {new[:12]}"
+
+
 async def test_a_changed_file_is_picked_up_by_the_watch(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:

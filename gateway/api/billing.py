@@ -21,13 +21,13 @@ from aiohttp import web
 
 from gateway.api.body import read_json
 from gateway.api.local import LocalContext, LocalHandler
-from gateway.errors import BadRequest, NotFound, ValidationError
+from gateway.errors import BadRequest, Gone, NotFound, ValidationError
 from gateway.identity.registry import Account, Registry
 from gateway.metering import decide
 from gateway.metering.clock import Clock
 from gateway.metering.keys import history_key, meter_key, source_key
 from gateway.metering.store import Store
-from gateway.metering.windows import iso, window
+from gateway.metering.windows import STATEMENT_RETENTION, iso, window
 from gateway.policy.billing import Billing, format_money
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
@@ -231,12 +231,24 @@ class BillingApi:
         """One calendar month: overage units by meter and source, their cost, packages bought.
 
         Overage is priced on the month's total per meter (``Billing.overage_cost``), so
-        rounding happens once per meter and month, never per call.
+        rounding happens once per meter and month, never per call. A month's counters are
+        kept ``STATEMENT_RETENTION`` from their first unit; for a month that began longer ago
+        some may be gone, so it is refused rather than shown with wrong numbers.
         """
         billing = _billing(policy)
         found = _MONTH.fullmatch(month)
         if found is None or not 1 <= int(found.group(2)) <= 12:
             raise ValidationError("month is YYYY-MM", details={"field": "month", "received": month})
+        year, number = int(found.group(1)), int(found.group(2))
+        start = calendar.timegm((year, number, 1, 0, 0, 0, 0, 0, 0))
+        end = start + calendar.monthrange(year, number)[1] * 86_400
+        days = STATEMENT_RETENTION // 86_400
+        if start + STATEMENT_RETENTION <= self._clock.now():
+            raise Gone(
+                f"the statement for {month} is past retention: a month's usage is kept "
+                f"{days} days from its start",
+                details={"month": month, "retention_days": days},
+            )
         lines = []
         total = 0
         for meter, rule in billing.overage.items():
@@ -260,9 +272,6 @@ class BillingApi:
                     "cost": money(cost),
                 }
             )
-        year, number = int(found.group(1)), int(found.group(2))
-        start = calendar.timegm((year, number, 1, 0, 0, 0, 0, 0, 0))
-        end = start + calendar.monthrange(year, number)[1] * 86_400
         bought = [p for p in account.packages if start <= float(p["at"]) < end]
         packages_total = sum(int(p["price_cents"]) for p in bought)
         return {

@@ -31,8 +31,10 @@ from gateway.proxy.expect import send_continue
 MAX_JSON_BYTES = 64 * 1024
 #: deeper than any body an endpoint takes (Stripe events nest about 5 levels)
 MAX_DEPTH = 32
-#: 20 digits hold every 64-bit integer, sign included
-MAX_INT_DIGITS = 20
+#: far more than any field needs (a 64-bit integer has 20), far less than Python's own
+#: int-parsing limit (4,300 digits), whose error would otherwise be a 500; a client's extra
+#: fields may hold big numbers the gateway ignores, so the bound is not 20
+MAX_INT_DIGITS = 100
 MAX_FLOAT_CHARS = 40
 
 

@@ -83,6 +83,7 @@ def document(policy: Policy) -> str:
         "tiers": sorted(policy.tiers),
         "key_prefixes": sorted(k.prefix for k in policy.key_types),
         "package_kinds": sorted(packages),
+        "cap_modules": sorted(policy.service_caps.modules) if policy.service_caps else [],
     }
 
     def fill(node: Any) -> None:

@@ -23,6 +23,11 @@ and, after giving up, turns the decision's id into a tombstone or gives back wha
 server runs it later. The probe waits for those voids (``settle``) before the store is
 marked healthy again.
 
+At start the gateway pings the store once (``start``): a store that does not answer is
+logged once and the gateway starts degraded, probing it; its return is logged once too.
+While degraded, subscriptions (``listen``) wait for the probe instead of retrying on their
+own, so an outage costs a few log lines, not a line per retry.
+
 Decisions taken while degraded carry ``degraded=True`` (the proxy marks them with the
 ``X-Gateway-Degraded`` header); ``ping`` fails fast so ``/readyz`` answers 503; the
 ``gateway_store_degraded`` gauge shows the state. ``watch`` pings a healthy store at an
@@ -33,6 +38,7 @@ Every failed command of a healthy store is counted in ``gateway_store_errors_tot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -82,6 +88,8 @@ class GuardedStore:
         self._probe: asyncio.Task[None] | None = None
         self._ledger: dict[_LedgerKey, int] = {}
         self._releases: list[tuple[str, str, int]] = []
+        self._healthy = asyncio.Event()
+        self._healthy.set()
 
     @property
     def degraded(self) -> bool:
@@ -89,12 +97,26 @@ class GuardedStore:
 
     # -- state ------------------------------------------------------------------------------
 
-    def _trip(self, exc: StoreUnavailable) -> None:
+    async def start(self) -> None:
+        """Ping the store once before serving; if it does not answer, say so once and start
+        degraded, probing with backoff (``require_store`` refuses to start instead: server)."""
+        try:
+            await self.inner.ping()
+        except StoreUnavailable as exc:
+            self._trip(exc, when="at start")
+
+    def _trip(self, exc: StoreUnavailable, *, when: str = "") -> None:
         if self._metrics is not None:
             kind = "timeout" if isinstance(exc.__cause__, TimeoutError) else "error"
             self._metrics.store_errors.labels(kind).inc()
         if self._probe is None:
-            log.warning("store unavailable (%s): failing %s until it answers", exc, self._mode)
+            log.warning(
+                "store unavailable%s (%s): failing %s until it answers; probing with backoff",
+                f" {when}" if when else "",
+                exc,
+                self._mode,
+            )
+            self._healthy.clear()
             self._reason = exc.message
             self._backoff = self._min_backoff
             self._probe = asyncio.get_running_loop().create_task(self._recover())
@@ -117,6 +139,7 @@ class GuardedStore:
                 continue
             log.warning("store answers again: deciding with it")
             self._probe = None
+            self._healthy.set()
             if self._metrics is not None:
                 self._metrics.store_degraded.set(0)
             return
@@ -311,8 +334,14 @@ class GuardedStore:
     async def publish(self, channel: str, message: str) -> None:
         await self._call(lambda: self.inner.publish(channel, message))
 
-    def listen(self, channel: str) -> AsyncGenerator[str, None]:
-        return self.inner.listen(channel)
+    async def listen(self, channel: str) -> AsyncGenerator[str, None]:
+        """As Store.listen, but a subscription asked for while degraded waits for the probe to
+        see the store answer: followers wait here instead of retrying (and logging) on their
+        own backoff. An idle process learns of an outage from ``watch``."""
+        await self._healthy.wait()
+        async with contextlib.aclosing(self.inner.listen(channel)) as messages:
+            async for message in messages:
+                yield message
 
     async def settle(self) -> None:
         await self.inner.settle()

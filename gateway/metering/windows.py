@@ -56,14 +56,20 @@ def window_key(
     return meter_key(account_id, meter, scope_id, period_id), reset_at
 
 
+#: how long a month's counters (its total and its per-source package and overage counters)
+#: are kept from their first unit: a statement (api/billing.py) is exact for every month that
+#: began less than this long ago, and refused, saying so, for older months
+STATEMENT_RETENTION = 400 * _DAY
+
+
 def window_ttl(period: Period) -> int:
-    """How long a window's counter is kept after it starts: its longest length plus a day."""
-    return 2 * _DAY if period == "day" else 32 * _DAY
+    """How long a window's counter is kept from its first unit: a day's for its length plus
+    a day; a month's for as long as statements are served."""
+    return 2 * _DAY if period == "day" else STATEMENT_RETENTION
 
 
-#: per-source counters (package and overage units of a window) outlive the window by a year,
-#: so a month's overage statement can still be produced long after its counters stop moving
-SOURCE_TTL = 400 * _DAY
+#: per-source counters (package and overage units of a window), kept for statements too
+SOURCE_TTL = STATEMENT_RETENTION
 
 
 def iso(epoch: float) -> str:

@@ -99,6 +99,14 @@ class Reloader:
                     current.digest[:12],
                     policy.digest[:12],
                 )
+            else:
+                # said all the same: whoever asked for the reload learns it ran, changing nothing
+                log.info(
+                    "policy reloaded (%s): %s sha256 %s unchanged",
+                    why,
+                    policy.name,
+                    policy.digest[:12],
+                )
             self._metrics.policy_reloads.labels("success").inc()
             self._metrics.policy_active(policy.name, policy.digest, now)
             return policy
