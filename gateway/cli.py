@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-in-flight",
         metavar="N",
         type=int,
-        help="requests one worker handles at once; more are shed with 503 OVERLOADED (1024)",
+        help="requests one worker handles at once; more are shed with 503 OVERLOADED "
+        "(default: 1024)",
     )
     run.add_argument(
         "--demo",

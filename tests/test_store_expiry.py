@@ -46,7 +46,8 @@ EXPIRING_RECORDS = {
     "stripe_event": EVENT_TTL,  # an applied Stripe event's id
 }
 # sets and sequences belong to accounts and id spaces, which are permanent
-PERMANENT_SETS = {"projects", "keys", "sessions"}
+# tier_accounts: the accounts on each tier, which reload guards count (policy/reload.py)
+PERMANENT_SETS = {"projects", "keys", "sessions", "tier_accounts"}
 PERMANENT_SEQUENCES = {"account", "project", "key", "session", "package"}
 
 TAG = r"gw:\{a:(?P<account>[^}]+)\}"
