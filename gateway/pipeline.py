@@ -208,12 +208,7 @@ class Pipeline:
                     streamed=streamed,
                     entry=entry,
                 )
-                states = decision.states if decision is not None else ()
-                extra = decide.rate_limit_headers(states, self._clock.now())
-                if decision is not None and decision.degraded:
-                    # admitted on the local allowance: the shared count is not known here
-                    extra = {DEGRADED_HEADER: "fail-open"}
-                extra[REQUEST_ID_HEADER] = entry.request_id
+                extra = self._relayed_headers(decision, entry)
                 reported = parse_usage(policy, upstream.headers.get(USAGE_HEADER))
                 response = await relay(
                     request, upstream, extra, write_timeout=self._forwarder.write_timeout
@@ -288,10 +283,20 @@ class Pipeline:
         await self._settle(
             policy, identity, route, params, decision, costs, delivered=True, ok=True, entry=entry
         )
-        states = decision.states if decision is not None else ()
-        extra = decide.rate_limit_headers(states, self._clock.now())
+        return await self._websockets.relay(
+            request, upstream, self._relayed_headers(decision, entry)
+        )
+
+    def _relayed_headers(self, decision: Decision | None, entry: Entry) -> dict[str, str]:
+        """What the gateway adds to a relayed response, forwarded or tunnelled alike."""
+        if decision is not None and decision.degraded:
+            # admitted on the local allowance: the shared count is not known here
+            extra = {DEGRADED_HEADER: "fail-open"}
+        else:
+            states = decision.states if decision is not None else ()
+            extra = decide.rate_limit_headers(states, self._clock.now())
         extra[REQUEST_ID_HEADER] = entry.request_id
-        return await self._websockets.relay(request, upstream, extra)
+        return extra
 
     def _streamed_charge(
         self, policy: Policy, tier: Tier, route: Route, identity: Identity, entry: Entry
