@@ -58,7 +58,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "release_counter": (15, "routes[0].release.calls", "only gauges (live counts) can be released"),
     "duplicate_key": (15, "name", "duplicate key (first defined on line 1)"),
     "duplicate_route_name": (15, "routes[1].name", "route name 'api' is used twice"),
-    "invalid_yaml": (11, "", "invalid YAML: expected ',' or '}'"),
+    "invalid_yaml": (11, "", "invalid YAML: did not find expected ',' or '}'"),
     "missing_required_key": (4, "meters.calls", "missing required key 'kind'"),
     "missing_limit": (13, "tiers.free.limits", "missing a limit for meter 'agents'"),
     "unknown_default_tier": (2, "default_tier", "unknown tier 'gold'; tiers are: free"),
@@ -73,7 +73,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "bad_path_no_leading_slash": (13, "routes[0].path", "a path pattern starts with '/'"),
     "auth_false_with_consume": (15, "routes[0].auth", "a route without auth cannot meter"),
     "empty": (1, "", "the file is empty"),
-    "tab_garbage": (2, "", "invalid YAML: found character '\\t' that cannot start any token"),
+    "tab_garbage": (2, "", "invalid YAML: found a tab character that violates indentation"),
     "not_utf8": (2, "", "not valid UTF-8"),
     "billing_unknown_key": (
         19,
