@@ -34,6 +34,7 @@ RAW = {
     for name in ("agentstack", "agentidp")
 }
 
+
 def _dump(data: Any) -> str:
     # libyaml's emitter when PyYAML has it: the pure-Python one took half of this test's time
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

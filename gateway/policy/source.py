@@ -125,7 +125,9 @@ class _Loader(
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self._depth >= MAX_DEPTH:
-            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            event = self.peek_event()
+            # libyaml's marks are their own class with the same line and column fields
+            mark: Any = event.start_mark if event is not None else None
             raise yaml.composer.ComposerError(
                 None, None, f"the document nests deeper than {MAX_DEPTH} levels", mark
             )
