@@ -76,6 +76,10 @@ class Leases:
         self._metrics = metrics
         self._held: dict[_Entry, _Held] = {}
         self._by_key: dict[str, _Entry] = {}  # window key -> entry, for refunds
+        # counters whose allowance a lease found spent: (window reset, terms). Until the
+        # window rolls (or the terms change) they are decided per request without asking
+        # for a lease first, so a refusal costs one store call, not two
+        self._dry: dict[_Entry, tuple[float, tuple[int | None, int]]] = {}
         # one refill (or give-back) per counter at a time; others wait for it. Kept for the
         # process's life (one per leased counter of an account seen): dropping one that a
         # request still waits on would let two refills of a counter run at once
@@ -95,7 +99,7 @@ class Leases:
             return await self._store.consume(account_id, charges, failure_mode=failure_mode)
         entries = [(account_id, c.meter, c.scope_id, c.period) for c in charges]
         decision = self._take(entries, charges)
-        if decision is None:
+        if decision is None and not self._spent(entries, charges):
             async with contextlib.AsyncExitStack() as stack:
                 for entry in sorted(set(entries), key=repr):  # one order: no deadlock
                     await stack.enter_async_context(self._locks.setdefault(entry, asyncio.Lock()))
@@ -110,6 +114,15 @@ class Leases:
             # and the failure mode included
             return await self._store.consume(account_id, charges, failure_mode=failure_mode)
         return decision
+
+    def _spent(self, entries: Sequence[_Entry], charges: Sequence[Charge]) -> bool:
+        """Whether a lease of some charge found the allowance spent in this window."""
+        now = self._clock.now()
+        for entry, charge in zip(entries, charges, strict=True):
+            dry = self._dry.get(entry)
+            if dry is not None and now < dry[0] and dry[1] == (charge.limit, charge.lease):
+                return True
+        return False
 
     def _take(self, entries: Sequence[_Entry], charges: Sequence[Charge]) -> Decision | None:
         """Admit from the units held, or None (changing nothing) if any charge lacks them."""
@@ -163,8 +176,10 @@ class Leases:
         for (entry, item), grant in zip(items.items(), granted, strict=True):
             returned += item.back
             self._drop(entry)
-            if grant.units > 0:
-                terms = (item.charge.limit, item.charge.lease)
+            terms = (item.charge.limit, item.charge.lease)
+            if grant.units == 0:
+                self._dry[entry] = (grant.reset_at, terms)
+            else:
                 self._held[entry] = _Held(grant, grant.units, terms)
                 self._by_key[grant.key] = entry
                 if self._metrics is not None:
@@ -225,6 +240,8 @@ class Leases:
             await asyncio.sleep(interval)
             current = self._policy.current.digest if self._policy is not None else ""
             reloaded, self._digest = current != self._digest, current
+            now = self._clock.now()
+            self._dry = {} if reloaded else {e: d for e, d in self._dry.items() if now < d[0]}
             await self.give_back(rolled_only=not reloaded)
 
     async def close(self) -> None:
