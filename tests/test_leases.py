@@ -7,6 +7,7 @@ slot); several ``Leases`` on one backend stand for several gateway processes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -14,7 +15,7 @@ from gateway.metering.clock import FakeClock
 from gateway.metering.guard import GuardedStore
 from gateway.metering.keys import history_key
 from gateway.metering.leases import Leases
-from gateway.metering.store import Charge, Lease, Store
+from gateway.metering.store import Charge, Granted, Lease, Store
 from gateway.metering.windows import window
 from gateway.metrics import Metrics
 from tests.test_store_contract import Make, make_store, store
@@ -180,3 +181,35 @@ async def test_a_spent_allowance_is_decided_per_request_until_the_window_rolls(
     clock.advance(6 * 86400)
     assert (await leases.consume("42", [calls(limit=3, lease=2)], failure_mode=None)).admitted
     assert counting.calls[-1] == "lease"
+
+
+class Gated(Counting):
+    """Holds every lease call until ``opened`` is set."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.opened = asyncio.Event()
+
+    async def lease(self, account_id: str, items: Sequence[Lease]) -> tuple[Granted, ...]:
+        await self.opened.wait()
+        return await self.inner.lease(account_id, items)
+
+
+async def test_units_being_given_back_are_never_admitted(store: Store, clock: FakeClock) -> None:
+    gated = Gated(store)
+    gated.opened.set()
+    leases = process(gated, clock)  # type: ignore[arg-type]
+    a = calls(lease=10)
+    b = Charge("logic_engine_calls", "42", "month", 1, 100, lease=10)
+    assert (await leases.consume("42", [a], failure_mode=None)).admitted
+    gated.opened.clear()
+    # a refill for both counters gives back the 9 units of `a` while a call for `a` alone
+    # arrives: it must wait for the refill, not admit from units already on their way back
+    both = asyncio.ensure_future(leases.consume("42", [a, b], failure_mode=None))
+    await asyncio.sleep(0)
+    alone = asyncio.ensure_future(leases.consume("42", [a], failure_mode=None))
+    await asyncio.sleep(0)
+    gated.opened.set()
+    assert (await both).admitted and (await alone).admitted
+    await leases.close()
+    assert await used(store, a) == 3

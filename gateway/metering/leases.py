@@ -165,8 +165,15 @@ class Leases:
         items: dict[_Entry, Lease] = {}
         for entry, charge in zip(entries, charges, strict=True):
             if entry in items:  # the same counter twice: lease what both charges cost
-                charge = dataclasses.replace(charge, cost=items[entry].charge.cost + charge.cost)
-            held = self._held.get(entry)
+                cost = items[entry].charge.cost + charge.cost
+                items[entry] = dataclasses.replace(
+                    items[entry], charge=dataclasses.replace(charge, cost=cost)
+                )
+                continue
+            # units given back leave the process before the call: no request may admit
+            # from them while it is in flight (if it fails they are lost until the window
+            # ends: under-admission, never over)
+            held = self._drop(entry)
             if held is None:
                 items[entry] = Lease(charge)
             else:
@@ -175,7 +182,6 @@ class Leases:
         returned = 0
         for (entry, item), grant in zip(items.items(), granted, strict=True):
             returned += item.back
-            self._drop(entry)
             terms = (item.charge.limit, item.charge.lease)
             if grant.units == 0:
                 self._dry[entry] = (grant.reset_at, terms)
