@@ -159,12 +159,20 @@ async def test_a_grant_short_of_the_cost_leases_nothing(store: Store, clock: Fak
 
 async def test_a_new_policy_gives_every_lease_back(store: Store, clock: FakeClock) -> None:
     leases = process(store, clock)
-    assert (await leases.consume("42", [calls(lease=10)], failure_mode=None)).admitted
-    # a changed lease size or limit is taken anew, the old units given back in the same call
-    assert (await leases.consume("42", [calls(lease=5)], failure_mode=None)).admitted
+
+    def leased(units: int) -> Charge:
+        return Charge("api_calls", "42", "month", 1, 100, history_ttl=8 * 86400, lease=units)
+
+    day_key = history_key("42", "api_calls", "42", window("day", clock.now())[0])
+    assert (await leases.consume("42", [leased(10)], failure_mode=None)).admitted
+    # a changed lease size or limit is taken anew, the old units given back in the same
+    # call, from the window's count and the day's history alike
+    assert (await leases.consume("42", [leased(5)], failure_mode=None)).admitted
     assert await used(store, calls()) == 1 + 5
+    assert await store.read("42", [day_key]) == [1 + 5]
     await leases.close()
     assert await used(store, calls()) == 2
+    assert await store.read("42", [day_key]) == [2]
 
 
 async def test_a_spent_allowance_is_decided_per_request_until_the_window_rolls(
