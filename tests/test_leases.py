@@ -10,13 +10,15 @@ import asyncio
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from gateway.metering.clock import FakeClock
 from gateway.metering.guard import GuardedStore
 from gateway.metering.keys import history_key
 from gateway.metering.leases import Leases
+from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Charge, Granted, Lease, Store
-from gateway.metering.windows import window
+from gateway.metering.windows import window, window_ttl
 from gateway.metrics import Metrics
 from tests.test_store_contract import Make, make_store, store
 
@@ -221,3 +223,20 @@ async def test_units_being_given_back_are_never_admitted(store: Store, clock: Fa
     assert (await both).admitted and (await alone).admitted
     await leases.close()
     assert await used(store, a) == 3
+
+
+async def test_leased_keys_expire_like_decided_ones(redis_url: str, clock: FakeClock) -> None:
+    store = RedisStore(redis_url, clock=clock)
+    try:
+        charge = Charge("api_calls", "42", "month", 1, 100, history_ttl=8 * 86400, lease=10)
+        (granted,) = await store.lease("42", [Lease(charge)])
+        client = Redis.from_url(redis_url)
+        try:
+            ttls = [await client.ttl(granted.key), await client.ttl(granted.history)]
+        finally:
+            await client.aclose()
+    finally:
+        await store.close()
+    # Redis counts down in real time while the test runs
+    assert window_ttl("month") - 60 <= ttls[0] <= window_ttl("month")
+    assert 8 * 86400 - 60 <= ttls[1] <= 8 * 86400
