@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from gateway.aio import cancel_and_wait
 from gateway.metering.clock import FakeClock
 from gateway.metering.guard import GuardedStore
 from gateway.metering.keys import history_key
@@ -20,6 +21,9 @@ from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Charge, Granted, Lease, Store
 from gateway.metering.windows import window, window_ttl
 from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.policy.loader import parse_policy
+from tests.ops_policy import ops_policy
 from tests.test_store_contract import Make, make_store, store
 
 __all__ = ["Make", "make_store", "store"]  # fixtures shared with the contract suite
@@ -240,3 +244,21 @@ async def test_leased_keys_expire_like_decided_ones(redis_url: str, clock: FakeC
     # Redis counts down in real time while the test runs
     assert window_ttl("month") - 60 <= ttls[0] <= window_ttl("month")
     assert 8 * 86400 - 60 <= ttls[1] <= 8 * 86400
+
+
+async def test_a_reloaded_policy_gives_every_lease_back(store: Store, clock: FakeClock) -> None:
+    holder = PolicyHolder(parse_policy(ops_policy()))
+    guarded = GuardedStore(store, mode="closed", allowance=0, clock=clock)
+    leases = Leases(guarded, clock, policy=holder)
+    assert (await leases.consume("42", [calls(lease=10)], failure_mode=None)).admitted
+    sweeping = asyncio.ensure_future(leases.run(0.0))
+    try:
+        await asyncio.sleep(0.05)
+        assert leases.held == 9  # the same policy, a window not rolled: kept
+        holder.swap(parse_policy(ops_policy(free_calls=4)))
+        async with asyncio.timeout(10):
+            while await used(store, calls()) != 1:
+                await asyncio.sleep(0.01)
+    finally:
+        await cancel_and_wait(sweeping)
+    assert leases.held == 0
