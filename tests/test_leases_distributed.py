@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.metering.keys import meter_key
+from gateway.metering.windows import window
 from tests.conftest import ROOT, Upstream
 from tests.gateway_process import Served, serve_gateway
 from tests.redis_servers import RedisServer
@@ -61,8 +65,8 @@ async def served_redis(redis_url: str, upstream: Upstream, tmp_path: Path) -> As
         yield served
 
 
-async def _account(served: Served, used: int) -> dict[str, str]:
-    """A new anonymous account with ``used`` Logic Engine calls spent; its key's headers."""
+async def _account(served: Served, used: int) -> tuple[str, dict[str, str]]:
+    """A new anonymous account with ``used`` Logic Engine calls spent; its id and headers."""
     async with aiohttp.ClientSession() as admin:
         resp = await admin.post(
             served.admin + "/admin/accounts", json={"tier": "anonymous"}, headers=served.auth
@@ -80,7 +84,7 @@ async def _account(served: Served, used: int) -> dict[str, str]:
             headers=served.auth,
         )
         assert resp.status == 200
-    return {"Authorization": f"Bearer {key}"}
+    return account, {"Authorization": f"Bearer {key}"}
 
 
 async def _burst(served: Served, headers: dict[str, str], clients: int) -> Counter[int]:
@@ -98,7 +102,7 @@ async def _burst(served: Served, headers: dict[str, str], clients: int) -> Count
 
 
 async def test_leased_workers_admit_exactly_the_limit(served: Served, upstream: Upstream) -> None:
-    headers = await _account(served, 1000 - REMAINING)
+    _, headers = await _account(served, 1000 - REMAINING)
     statuses: Counter[int] = Counter()
     # near the limit a worker refuses while others still hold units; bursts go on until one
     # is refused whole, by then every worker has seen calls and spent what it held
@@ -113,15 +117,22 @@ async def test_leased_workers_admit_exactly_the_limit(served: Served, upstream: 
     assert upstream.count("/api/logic/run/") == REMAINING
 
 
-async def test_a_leased_account_runs_few_scripts(
+async def test_a_leased_account_runs_few_scripts_and_gives_back_at_shutdown(
     served_redis: Served, upstream: Upstream, redis_server: RedisServer
 ) -> None:
-    headers = await _account(served_redis, 0)
+    account, headers = await _account(served_redis, 0)
     redis_server.client().config_resetstat()
-    statuses = await _burst(served_redis, headers, 400)
-    assert statuses == {200: 400}
+    statuses = await _burst(served_redis, headers, 390)
+    assert statuses == {200: 390}
     stats = redis_server.client().info("commandstats")
     scripts = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
-    # per request that would be 400; leased, a lease per 25 calls and worker (two counters
-    # in one script), with room for a worker's first partial use
-    assert scripts <= 400 // LEASE + 2 * WORKERS
+    # per request that would be 390; leased, a lease per 25 calls and worker (two counters
+    # in one script), with room for each worker's partly used last lease
+    assert scripts <= 390 // LEASE + 2 * WORKERS
+    month, _ = window("month", time.time())
+    key = meter_key(account, "logic_engine_calls", account, month)
+    assert int(redis_server.client().get(key) or 0) >= 390  # with the units still held
+    # a graceful stop gives the units each worker still holds back to the store
+    served_redis.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(served_redis.process.wait, 60)
+    assert int(redis_server.client().get(key) or 0) == 390
