@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install venv-locked demo test lint bench bench-clients bench-redis profile mutate clean
+.PHONY: install venv-locked demo test lint bench bench-clients bench-redis bench-leases profile mutate clean
 
 # the lock is taken before the venv exists, so it lives beside it; whoever waited on it finds
 # the venv already built (the check inside the lock) and leaves it alone
@@ -60,6 +60,10 @@ bench-clients: install  ## on demand: upstream clients, then proxy-port listener
 
 bench-redis: install  ## on demand: consume.lua decisions/s beside INCR and a minimal EVALSHA
 	$(BIN)/python -m bench.redis_decisions
+
+bench-leases: install  ## on demand: a leased hot account beside an unlimited caller, 4 workers
+	$(BIN)/python -m bench.leases
+
 mutate: install  ## mutation testing of one module or package: make mutate MODULE=gateway/api/stripe.py
 	$(BIN)/mutmut run "$(subst /,.,$(basename $(MODULE))).*"
 	$(BIN)/mutmut results

@@ -37,6 +37,8 @@ from gateway.identity.tokens import JwtVerifier, load_public_keys
 from gateway.identity.users import Users
 from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.guard import GuardedStore
+from gateway.metering.leases import SWEEP_SECONDS as LEASE_SWEEP_SECONDS
+from gateway.metering.leases import Leases
 from gateway.metering.memory import MemoryStore
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
@@ -60,6 +62,7 @@ class Gateway:
     clock: Clock
     policy: PolicyHolder
     store: GuardedStore
+    leases: Leases  # hot accounts' leased units, in front of ``store`` for decisions
     registry: Registry
     metrics: Metrics
     authenticator: Authenticator
@@ -147,6 +150,7 @@ def build_gateway(
         clock=clock,
         policy=holder,
         store=store,
+        leases=Leases(store, clock, policy=holder, metrics=metrics),
         registry=accounts,
         metrics=metrics,
         authenticator=Authenticator(accounts, verifier, sessions, jwks),
@@ -300,6 +304,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         policy=gateway.policy,
         authenticator=gateway.authenticator,
         store=gateway.store,
+        leases=gateway.leases,
         forwarder=forwarder,
         metrics=gateway.metrics,
         clock=gateway.clock,
@@ -336,6 +341,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         tasks.append(asyncio.create_task(gateway.reloader.follow(gateway.store)))
         if settings.store_probe_seconds > 0:
             tasks.append(asyncio.create_task(gateway.store.watch(settings.store_probe_seconds)))
+        # leases of a rolled window or a replaced policy go back to the store
+        tasks.append(asyncio.create_task(gateway.leases.run(LEASE_SWEEP_SECONDS)))
         if settings.policy_watch_seconds > 0:
             tasks.append(asyncio.create_task(gateway.reloader.watch(settings.policy_watch_seconds)))
         if gateway.jwks is not None:
@@ -355,6 +362,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         if log is not None:
             log.close()
         await session.close()
+        await gateway.leases.close()  # unused leased units back to the store, best effort
         await gateway.store.close()
 
     app.cleanup_ctx.append(session_ctx)

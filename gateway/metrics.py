@@ -127,6 +127,21 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.leases_taken = Counter(
+            "gateway_leases_taken_total",
+            "Leases of allowance units taken from the store (hot accounts; policy leases).",
+            registry=registry,
+        )
+        self.lease_units_returned = Counter(
+            "gateway_lease_units_returned_total",
+            "Leased units given back unused (window rolled, reload, refill, shutdown).",
+            registry=registry,
+        )
+        self.lease_admissions = Counter(
+            "gateway_lease_admissions_total",
+            "Requests admitted from leased units, without a store call.",
+            registry=registry,
+        )
         self.store_degraded_decisions = Counter(
             "gateway_store_degraded_decisions_total",
             "Decisions taken without the store: admitted_open, refused_open, refused_closed.",

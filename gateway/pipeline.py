@@ -22,6 +22,7 @@ from gateway.identity.resolve import Authenticator, Identity, credential_from
 from gateway.metering import caps, decide
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
+from gateway.metering.leases import Leases
 from gateway.metering.reported import USAGE_HEADER, Reported, parse_usage
 from gateway.metering.store import Charge, Decision, MeterState
 from gateway.metering.stream import StreamedCharge
@@ -47,6 +48,7 @@ class Pipeline:
         policy: PolicyHolder,
         authenticator: Authenticator,
         store: GuardedStore,
+        leases: Leases,
         forwarder: Forwarder,
         metrics: Metrics,
         clock: Clock,
@@ -59,6 +61,7 @@ class Pipeline:
         self._policy = policy
         self._auth = authenticator
         self._store = store
+        self._leases = leases  # decisions and refunds: a leased counter's stay in the process
         self._forwarder = forwarder
         self._metrics = metrics
         self._clock = clock
@@ -122,7 +125,7 @@ class Pipeline:
                 )
                 charges += capped
                 started = time.perf_counter()
-                decision = await self._store.consume(
+                decision = await self._leases.consume(
                     identity.account_id, charges, failure_mode=tier.store_failure_mode
                 )
                 self._metrics.consume_seconds.observe(time.perf_counter() - started)
@@ -417,7 +420,7 @@ class Pipeline:
             released = decide.charges(policy, tier, identity.account_id, project_id, freeing)
             giveback.extend(decide.releases(identity.account_id, released))
         if giveback:
-            await self._store.release(identity.account_id, giveback)
+            await self._leases.release(identity.account_id, giveback)
 
     async def _record_usage(
         self,

@@ -59,6 +59,7 @@ def charges(
                 identity.packages.get(name, 0),
                 name in identity.overage,
                 history if meter.period is not None else 0,
+                tier.lease(name),
             )
         )
     return out

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 from gateway.aio import cancel_and_wait
 from gateway.errors import StoreUnavailable
 from gateway.metering.clock import Clock
-from gateway.metering.store import Charge, Decision, MeterState, Store
+from gateway.metering.store import Charge, Decision, Granted, Lease, MeterState, Store
 from gateway.metering.windows import window_key
 from gateway.metrics import Metrics
 from gateway.policy.model import FailureMode, Period
@@ -276,6 +276,10 @@ class GuardedStore:
                 log.error("dropping a refund of %d on %s: too many pending refunds", cost, key)
                 continue
             self._releases.append((account_id, key, cost))
+
+    async def lease(self, account_id: str, items: Sequence[Lease]) -> tuple[Granted, ...]:
+        # no lease while degraded: leases.py falls back to ``consume`` and its failure mode
+        return await self._call(lambda: self.inner.lease(account_id, items))
 
     async def peek(self, account_id: str, charges: Sequence[Charge]) -> tuple[MeterState, ...]:
         return await self._call(lambda: self.inner.peek(account_id, charges))

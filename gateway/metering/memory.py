@@ -15,7 +15,7 @@ from gateway.metering.keys import (
     set_key,
     source_key,
 )
-from gateway.metering.store import Charge, Decision, MeterState
+from gateway.metering.store import Charge, Decision, Granted, Lease, MeterState
 from gateway.metering.windows import SOURCE_TTL, window, window_key, window_ttl
 
 # Expired windows are swept every this many writes, so memory stays bounded by live windows.
@@ -109,6 +109,31 @@ class MemoryStore:
             states_list.append(self._state(key, reset, after, charge))
         self._count_write(now)
         return Decision(True, tuple(states_list))
+
+    async def lease(self, account_id: str, items: Sequence[Lease]) -> tuple[Granted, ...]:
+        now = self._clock.now()
+        out = []
+        for item in items:
+            charge = item.charge
+            # never suspends (release awaits nothing), so the whole lease stays one step
+            await self.release(account_id, [(held, item.back) for held in item.held if held])
+            key, reset = self._resolve(account_id, charge, now)
+            assert charge.period is not None and charge.limit is not None and reset is not None
+            used = self._read(key, now)
+            units = min(max(charge.lease, charge.cost), charge.limit - used)
+            history = ""
+            if units < charge.cost:
+                units = 0
+            else:
+                used = self._add(key, units, window_ttl(charge.period), now)
+                if charge.history_ttl != 0:
+                    day_id, _ = window("day", now)
+                    history = history_key(account_id, charge.meter, charge.scope_id, day_id)
+                    keep = None if charge.history_ttl < 0 else charge.history_ttl
+                    self._add(history, units, keep, now)
+            out.append(Granted(key, history, units, used, reset))
+        self._count_write(now)
+        return tuple(out)
 
     async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
         for key, cost in items:

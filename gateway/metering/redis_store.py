@@ -50,12 +50,12 @@ from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.keys import decision_key, meter_key, record_key, sequence_key, set_key
 from gateway.metering.late import MARKER_TTL_MS, LateDecisions
 from gateway.metering.pipelining import AtSend, Pipeliner, resolve
-from gateway.metering.store import Charge, Decision, MeterState
+from gateway.metering.store import Charge, Decision, Granted, Lease, MeterState
 from gateway.metering.windows import SOURCE_TTL, window_span, window_ttl
 
 T = TypeVar("T")
 
-_SCRIPTS = ("consume", "peek", "set_usage", "release", "read", "swap", "void")
+_SCRIPTS = ("consume", "peek", "set_usage", "release", "read", "swap", "void", "lease")
 _SYSTEM = SystemClock()
 _POOL_SIZE = 64  # connections per process; Redis runs one command at a time anyway
 _CLOSE_SETTLE_SECONDS = 5.0  # how long closing waits for voids still owed (late.py)
@@ -400,6 +400,31 @@ class RedisStore:
 
     async def settle(self) -> None:
         await self._late.settle()
+
+    async def lease(self, account_id: str, items: Sequence[Lease]) -> tuple[Granted, ...]:
+        # a lease cut off by the budget is not voided: its units stay taken until the window
+        # ends, under-admission of at most one lease (docs/operations.md)
+        keys = [self._base(account_id, item.charge) for item in items]
+        args: list[Any] = [self._now()]
+        for item in items:
+            charge = item.charge
+            window_key, history = (*item.held, "", "")[:2]
+            args += [
+                charge.period or "",
+                charge.cost,
+                charge.limit,
+                self._ttl(charge),
+                charge.lease,
+                charge.history_ttl,
+                item.back,
+                window_key,
+                history,
+            ]
+        raw = await self._script("lease", keys, args)
+        return tuple(
+            Granted(str(key), str(history), int(units), int(used), float(reset))
+            for key, history, units, used, reset in zip(*[iter(raw)] * 5, strict=True)
+        )
 
     async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
         if items:

@@ -36,6 +36,9 @@ class Charge:
     #: counters only: also count the units in a per-UTC-day history key kept this many
     #: seconds (0: no history; -1: kept for ever)
     history_ttl: int = 0
+    #: counters only: units a process leases at a time and admits from locally (leases.py);
+    #: 0: decided by the store per request
+    lease: int = 0
 
     @property
     def capacity(self) -> int | None:
@@ -78,6 +81,26 @@ class Decision:
     degraded: bool = False  # decided without the store, on the local fail-open allowance
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One counter to lease units of, and what the process gives back of its last lease."""
+
+    charge: Charge
+    back: int = 0  # units still held, given back before the new grant
+    held: tuple[str, ...] = ()  # the exact keys those units were taken on
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """A lease as the store granted it."""
+
+    key: str  # the window key the units were taken on
+    history: str  # the history key they were added to ("" when none)
+    units: int  # 0: not even the charge's cost was left in the allowance
+    used: int  # the window's usage after the grant (every process's leases included)
+    reset_at: float  # epoch seconds the window ends
+
+
 class Store(Protocol):
     async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         """Check every charge and apply all of them, or none.
@@ -98,6 +121,20 @@ class Store(Protocol):
 
         Raising StoreUnavailable means nothing was decided, now or later: a decision whose
         answer did not arrive within the budget never counts (see ``settle``).
+        """
+        ...
+
+    async def lease(self, account_id: str, items: Sequence[Lease]) -> tuple[Granted, ...]:
+        """Reserve allowance units for local admission (gateway.metering.leases), one step.
+
+        Per item, first give back ``item.back`` units on the exact keys ``item.held`` (the
+        window key and history key of the lease held before; never below zero, a key gone
+        stays gone), then in the charge's current window grant
+        ``g = min(max(charge.lease, charge.cost), charge.limit - used)`` units, or none if
+        ``g < charge.cost``: the grant is added to the window's usage (and to today's history
+        key for a charge with ``history_ttl``) as if consumed. Only the allowance is leased,
+        never packages or overage, so leased units are never paid from a source. One round
+        trip on remote stores.
         """
         ...
 

@@ -25,7 +25,7 @@ Row = tuple[str, str, str, str]
 #: derived from another field, or the file itself rather than what it says
 _SKIPPED = frozenset({"regex", "file", "digest"})
 #: what the per-tier rows already show
-_PER_TIER = frozenset({"limits", "features", "responses", "shadow"})
+_PER_TIER = frozenset({"limits", "leases", "features", "responses", "shadow"})
 _ROUTE_PER_TIER = frozenset({"methods", "pattern", "deny_tiers", "features", "consume", "shadow"})
 _EXAMPLES = 2
 
@@ -59,6 +59,7 @@ def _per_tier(old: Policy, new: Policy) -> list[Row]:
                     _limit(after, meter, meter in new.meters),
                 )
             )
+            changes.append((f"lease {meter}", _lease(before, meter), _lease(after, meter)))
         for feature in dict.fromkeys([*old.features, *new.features]):
             changes.append(
                 (
@@ -87,6 +88,10 @@ def _per_tier(old: Policy, new: Policy) -> list[Row]:
             )
         rows.extend((name, what, a, b) for what, a, b in changes if a != b)
     return rows
+
+
+def _lease(tier: Tier, meter: str) -> str:
+    return f"{tier.lease(meter):,} per process" if tier.lease(meter) else ABSENT
 
 
 def _fields(old: Policy, new: Policy) -> list[Row]:

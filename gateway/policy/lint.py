@@ -50,6 +50,7 @@ def lint(policy: Policy, source: Source, handlers: Collection[str] | None = None
     _shadowed(policy, add)
     _near_misses(policy, add)
     _limits(policy, source, add)
+    _leases(policy, add)
     _unused(policy, add)
     if handlers is not None:
         _handlers(policy, handlers, add)
@@ -213,6 +214,23 @@ def _near_misses(policy: Policy, add: Add) -> None:
 
 
 # ---- limits -----------------------------------------------------------------------------
+
+
+def _leases(policy: Policy, add: Add) -> None:
+    """A lease is units one process takes at a time; near the limit each process's unused
+    units go unadmitted by the others until given back (metering/leases.py)."""
+    for tier in policy.tiers.values():
+        for meter_name, units in tier.leases.items():
+            limit = tier.limit(meter_name) or 0
+            if units * 10 > limit:
+                add(
+                    "warning",
+                    ("tiers", tier.name, "leases", meter_name),
+                    f"a lease of {units:,} is more than a tenth of the limit of {limit:,}: a "
+                    "few processes can hold the whole allowance and refuse one another's calls",
+                    "lease a small share of the limit (under 1% keeps the unadmitted rest "
+                    "small), or decide this meter per request",
+                )
 
 
 def _limits(policy: Policy, source: Source, add: Add) -> None:

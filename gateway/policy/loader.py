@@ -341,6 +341,7 @@ def _tier(
             "responses",
             "store_failure_mode",
             "shadow",
+            "leases",
         },
         required={"limits"},
     )
@@ -397,7 +398,28 @@ def _tier(
         responses=responses,
         store_failure_mode=mode,
         shadow=_shadow(node),
+        leases=_leases(node, meters, limits),
     )
+
+
+def _leases(node: Node, meters: dict[str, Meter], limits: dict[str, int | None]) -> dict[str, int]:
+    """``leases: {meter: units}``: only a limited counter can be leased; a live count or an
+    unlimited meter has no allowance to hand out in parts."""
+    out: dict[str, int] = {}
+    leases_node = node.get("leases", {})
+    assert leases_node is not None
+    for meter_name, units_node in leases_node.items():
+        meter = meters.get(meter_name)
+        if meter is None:
+            raise units_node.fail(
+                f"unknown meter; meters are: {', '.join(meters)}" + did_you_mean(meter_name, meters)
+            )
+        if meter.period is None:
+            raise units_node.fail("a live count (a gauge) cannot be leased")
+        if limits.get(meter_name) is None:
+            raise units_node.fail("an unlimited meter needs no lease")
+        out[meter_name] = units_node.int(minimum=1)
+    return out
 
 
 def _responses(

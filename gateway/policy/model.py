@@ -72,9 +72,15 @@ class Tier:
     store_failure_mode: FailureMode | None = None  # None: the gateway's store_failure_mode
     # shadow: meter and decide, but forward what would be refused (counted and logged)
     shadow: bool = False
+    #: counter -> units a gateway process leases at a time (hot accounts; metering/leases.py)
+    leases: Mapping[str, int] = field(default_factory=dict)
 
     def limit(self, meter: str) -> int | None:
         return self.limits.get(meter)
+
+    def lease(self, meter: str) -> int:
+        """Units of ``meter`` a process leases at a time (0: decided per request)."""
+        return self.leases.get(meter, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,4 +46,11 @@ def tier_table(policy: Policy) -> str:
             title = row
             cells = [t.attributes.get(row, "") for t in tiers]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    # leases change no limit, but how close to it a hot account is admitted: shown only
+    # when a tier has one, so the tables of policies without leases stay as they were
+    for name, meter in policy.meters.items():
+        if any(t.lease(name) for t in tiers):
+            cells = [f"{t.lease(name):,}" if t.lease(name) else "" for t in tiers]
+            title = f"{meter.title} (leased per process)"
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
