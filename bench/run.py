@@ -98,9 +98,17 @@ def main() -> None:
         help="also run the gateway from this checkout (e.g. a clone at the commit before a "
         "change), so before and after are measured in one run",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every target this many times, interleaved, and keep each figure's "
+        "median: on a shared machine a burst of load then lands on one round of every target",
+    )
     options = parser.parse_args()
     measure = {"connections": options.connections, "seconds": options.seconds}
-    results: dict[str, Result] = {}
+    found: dict[str, list[Result]] = {}
+    cpu: dict[str, list[float]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp) / "redis").start()
         stack.callback(redis.kill)
@@ -108,37 +116,80 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{up_port}"
         stack.enter_context(process("-m", "bench.upstream", str(up_port), wait_url=upstream))
         bare = f"http://127.0.0.1:{bare_port}"
-        stack.enter_context(
+        bare_proc = stack.enter_context(
             process("-m", "bench.bare_proxy", str(bare_port), upstream, wait_url=bare)
         )
-        # warm each target briefly, then measure; all in this one run
-        run(bare + PATH, {}, connections=4, seconds=1)
-        results["bare aiohttp proxy"] = run(bare + PATH, {}, **measure)
+        # every target runs for the whole measurement; each is loaded alone, in turn; the
+        # pid (of the targets this script starts) is for their CPU time per request
+        urls: dict[str, tuple[str, dict[str, str], int | None]] = {
+            "bare aiohttp proxy": (bare + PATH, {}, bare_proc.pid)
+        }
         if available() is not None:
-            with nginx(free_port(), f"127.0.0.1:{up_port}", Path(tmp) / "nginx") as base:
-                run(base + PATH, {}, connections=4, seconds=1)
-                results["nginx reverse proxy"] = run(base + PATH, {}, **measure)
+            base = stack.enter_context(
+                nginx(free_port(), f"127.0.0.1:{up_port}", Path(tmp) / "nginx")
+            )
+            urls["nginx reverse proxy"] = (base + PATH, {}, None)
         trees = [("", ROOT)]
         if options.baseline:
             trees.insert(0, (" (baseline)", Path(options.baseline).resolve()))
-        targets = [
-            (f"gateway, {name}{suffix}", store, root)
-            for suffix, root in trees
-            for name, store in (("memory", "memory"), ("Redis", redis.url))
-        ]
-        for label, store, root in targets:
-            args, proxy, admin_base = gateway(store, upstream)
-            with process(*args, wait_url=admin_base + "/healthz", root=root):
-                headers = provision(admin_base)
-                run(proxy + PATH, headers, connections=4, seconds=1)
-                results[label] = run(proxy + PATH, headers, **measure)
-    print_table(results, options.connections)
+        for suffix, root in trees:
+            for name, store in (("memory", "memory"), ("Redis", redis.url)):
+                args, proxy, admin_base = gateway(store, upstream)
+                proc = stack.enter_context(
+                    process(*args, wait_url=admin_base + "/healthz", root=root)
+                )
+                urls[f"gateway, {name}{suffix}"] = (proxy + PATH, provision(admin_base), proc.pid)
+        for _ in range(options.rounds):
+            for label, (url, headers, pid) in urls.items():
+                # warm each target briefly, then measure; all in this one run
+                run(url, headers, connections=4, seconds=1)
+                before = cpu_seconds(pid)
+                result = run(url, headers, **measure)
+                found.setdefault(label, []).append(result)
+                served = result.requests_per_second * options.seconds
+                if pid is not None and served > 0:
+                    cpu.setdefault(label, []).append((cpu_seconds(pid) - before) / served * 1e6)
+    print_table({label: median(results) for label, results in found.items()}, options)
+    print("\nCPU time of the target's process per request (its user + system time over the")
+    print("measurement; far steadier than req/s on a shared machine), median:")
+    for label, figures in cpu.items():
+        print(f"{label:<30}{sorted(figures)[len(figures) // 2]:>8.0f} us")
 
 
-def print_table(results: dict[str, Result], connections: int) -> None:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds used so far by ``pid`` (0 without one, or off Linux)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # the fields after the command name (which may hold spaces) start at its closing ")"
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median(results: list[Result]) -> Result:
+    """Each figure's median over the rounds (the worst non-2xx count)."""
+
+    def mid(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    return Result(
+        mid([r.requests_per_second for r in results]),
+        mid([r.p50_ms for r in results]),
+        mid([r.p99_ms for r in results]),
+        max(r.non_2xx for r in results),
+        results[0].tool,
+    )
+
+
+def print_table(results: dict[str, Result], options: argparse.Namespace) -> None:
     base = results["bare aiohttp proxy"]
-    tool = base.tool
-    print(f"\nGET {PATH} over loopback, {connections} connections, load by {tool}\n")
+    print(
+        f"\nGET {PATH} over loopback, {options.connections} connections, load by {base.tool},"
+        f" median of {options.rounds} interleaved round(s)\n"
+    )
     print(
         f"{'target':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'req/s x':>9}{'p50 x':>8}{'p99 x':>8}{'non-2xx':>9}"

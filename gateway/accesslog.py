@@ -12,7 +12,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -142,7 +141,18 @@ class AccessLog:
 
 def request_id_from(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.fullmatch(given) else new_request_id()
+
+
+# RFC 9562's version 4 and variant bits, set as uuid.UUID(version=4) sets them
+_V4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_V4_SET = (0x8000 << 48) | (4 << 76)
+
+
+def new_request_id() -> str:
+    """``uuid.uuid4().hex``, without building the UUID object it would discard (a few
+    microseconds on every request that brings no id of its own)."""
+    return f"{int.from_bytes(os.urandom(16)) & _V4_CLEAR | _V4_SET:032x}"
 
 
 def access_log(*, log: AccessLog | None, clock: Clock, outcome: web.RequestKey[str]) -> Middleware:

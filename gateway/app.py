@@ -35,6 +35,7 @@ from gateway.identity.sessions import Sessions
 from gateway.identity.tier_moves import APPROVAL, MOVED, TierChangesRefused, tier_moves
 from gateway.identity.tokens import JwtVerifier, load_public_keys
 from gateway.identity.users import Users
+from gateway.listener import PROXY_LISTENER, ProxyListener
 from gateway.metering.clock import Clock, SystemClock
 from gateway.metering.guard import GuardedStore
 from gateway.metering.leases import SWEEP_SECONDS as LEASE_SWEEP_SECONDS
@@ -260,14 +261,13 @@ def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     log = AccessLog(settings.access_log) if settings.access_log else None
     cors = Cors(settings.cors) if settings.cors.allow_origins else None
-    app = web.Application(
-        middlewares=[
-            access_log(log=log, clock=gateway.clock, outcome=OUTCOME_LABEL),
-            # preflights are answered before the error boundary counts a decision
-            *([cors.middleware()] if cors is not None else []),
-            error_boundary(metrics=gateway.metrics, max_in_flight=settings.max_in_flight),
-        ]
-    )
+    middlewares = [
+        access_log(log=log, clock=gateway.clock, outcome=OUTCOME_LABEL),
+        # preflights are answered before the error boundary counts a decision
+        *([cors.middleware()] if cors is not None else []),
+        error_boundary(metrics=gateway.metrics, max_in_flight=settings.max_in_flight),
+    ]
+    app = web.Application(middlewares=middlewares)
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
     app[GATEWAY] = gateway
@@ -314,7 +314,11 @@ def proxy_app(gateway: Gateway) -> web.Application:
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404
-    app.router.add_route("*", "/{tail:(?s:.*)}", pipeline.handle, expect_handler=defer_continue)
+    route = app.router.add_route(
+        "*", "/{tail:(?s:.*)}", pipeline.handle, expect_handler=defer_continue
+    )
+    # GatewayRunner serves the app through this: the same route and middlewares, composed once
+    app[PROXY_LISTENER] = ProxyListener(app, route, middlewares)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # one session (and connection pool) for the whole app, never one per request

@@ -23,6 +23,7 @@ from gateway.app import Gateway, admin_app, build_gateway, open_store, proxy_app
 from gateway.boundary import error_response
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, StoreUnavailable
 from gateway.identity.keys import redact
+from gateway.listener import PROXY_LISTENER
 from gateway.metering.clock import SystemClock
 from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import Address, Settings
@@ -140,7 +141,8 @@ class _JsonErrorServer(web.Server):
 
 class GatewayRunner(web.AppRunner):
     """An AppRunner whose connections answer unparseable requests with the gateway's JSON,
-    and which caps the connections one client address may hold (0: no cap)."""
+    and which caps the connections one client address may hold (0: no cap). An app carrying
+    a ``PROXY_LISTENER`` (the proxy app) is served through it, not through its router."""
 
     def __init__(
         self, app: web.Application, *, max_connections_per_address: int = 0, **kwargs: Any
@@ -156,6 +158,10 @@ class GatewayRunner(web.AppRunner):
         ours = cast(_JsonErrorServer, server)
         ours.address_cap = self._address_cap
         ours.per_address = {}
+        listener = self._app.get(PROXY_LISTENER)
+        if listener is not None:
+            # the proxy port: the low-level handler in place of the app's router and chain
+            ours.request_handler = listener.handle
         return ours
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.accesslog import new_request_id
 from gateway.cli import main
 from gateway.policy.loader import load_policy
 from gateway.replay import read_log, replay
@@ -152,3 +154,18 @@ async def test_replay_reports_exactly_what_a_live_run_of_the_candidate_refuses(
     out = capsys.readouterr().out
     assert "| free | api | 3 | 0 |" in out
     assert "r5" not in out  # refused in both runs: not a change
+
+
+def test_a_generated_request_id_is_a_random_version_4_uuid_in_hex() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, text)
+    # every other bit is random: each takes both values somewhere in the sample
+    fixed = (0xC000 << 48) | (0xF000 << 64)
+    seen_set = seen_clear = 0
+    for text in ids:
+        seen_set |= int(text, 16)
+        seen_clear |= ~int(text, 16)
+    assert (seen_set & seen_clear) | fixed == (1 << 128) - 1

@@ -282,24 +282,6 @@ def _next_step(
     return min(options, key=lambda option: option[0])[1]
 
 
-def tightest(states: Sequence[MeterState]) -> MeterState | None:
-    """The limited meter with the fewest units left (the soonest reset breaks a tie)."""
-    best: MeterState | None = None
-    for state in states:
-        if state.limit is None:
-            continue
-        if best is None:
-            best = state
-            continue
-        remaining, best_remaining = state.remaining or 0, best.remaining or 0
-        if remaining < best_remaining or (
-            remaining == best_remaining
-            and (state.reset_at or math.inf) < (best.reset_at or math.inf)
-        ):
-            best = state
-    return best
-
-
 def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, str]:
     """Rate-limit headers for the quotas a request touched.
 
@@ -310,29 +292,58 @@ def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, st
     (the window in seconds) in the policy, ``r`` (remaining) and ``t`` (seconds to reset)
     in the current state; a live count has no window, so it carries neither ``w`` nor ``t``.
     """
-    limited = [state for state in states if state.capacity is not None]
-    state = tightest(limited)
-    if state is None:
+    # one pass: each state's capacity, remaining units and reset computed once (they are
+    # properties), the static part of its items taken from a cache
+    policies: list[str] = []
+    current: list[str] = []
+    best: MeterState | None = None
+    best_capacity = best_remaining = 0
+    best_reset = math.inf
+    for item in states:
+        if item.limit is None:
+            continue
+        capacity = item.limit + item.package
+        remaining = max(capacity - item.used, 0)
+        reset_at = item.reset_at
+        ends = math.inf if reset_at is None else reset_at
+        # tightest(): the fewest units left, the soonest reset breaking a tie
+        if (
+            best is None
+            or remaining < best_remaining
+            or (remaining == best_remaining and ends < best_reset)
+        ):
+            best, best_capacity, best_remaining, best_reset = item, capacity, remaining, ends
+        name, quota = _policy_item(item.meter, capacity, item.period, reset_at)
+        policies.append(quota)
+        if reset_at is not None and item.period is not None:
+            current.append(f"{name};r={remaining};t={max(math.ceil(reset_at - now), 0)}")
+        else:
+            current.append(f"{name};r={remaining}")
+    if best is None:
         return {}
     headers = {
-        "RateLimit-Limit": str(state.capacity),
-        "RateLimit-Remaining": str(state.remaining),
+        "RateLimit-Limit": str(best_capacity),
+        "RateLimit-Remaining": str(best_remaining),
     }
-    if state.reset_at is not None:
-        headers["RateLimit-Reset"] = str(max(math.ceil(state.reset_at - now), 0))
-    policies, current = [], []
-    for item in limited:
-        name = '"' + (item.meter or "quota") + '"'
-        window = ""
-        reset = ""
-        if item.reset_at is not None and item.period is not None:
-            window = f";w={_window_seconds(item.period, item.reset_at)}"
-            reset = f";t={max(math.ceil(item.reset_at - now), 0)}"
-        policies.append(f"{name};q={item.capacity}{window}")
-        current.append(f"{name};r={item.remaining}{reset}")
+    if best.reset_at is not None:
+        headers["RateLimit-Reset"] = str(max(math.ceil(best.reset_at - now), 0))
     headers["RateLimit-Policy"] = ", ".join(policies)
     headers["RateLimit"] = ", ".join(current)
     return headers
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_item(
+    meter: str, capacity: int, period: Period | None, reset_at: float | None
+) -> tuple[str, str]:
+    """A quota's name as a structured-field string and its ``RateLimit-Policy`` item.
+
+    Both stay the same for every request in one window at one capacity, so they are
+    formatted once per window rather than once per response."""
+    name = '"' + (meter or "quota") + '"'
+    if reset_at is not None and period is not None:
+        return name, f"{name};q={capacity};w={_window_seconds(period, reset_at)}"
+    return name, f"{name};q={capacity}"
 
 
 @functools.lru_cache(maxsize=64)

@@ -204,6 +204,15 @@ class Policy:
     billing: Billing | None = None  # overage prices, packages, retention (policy/billing.py)
     shadow: bool = False  # the whole policy in shadow mode
     service_caps: ServiceCaps | None = None
+    #: per tier, its upstream-enforced features as the header value: made once, at load
+    _upstream_features: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "_upstream_features",
+            {name: self._features_header(tier) for name, tier in self.tiers.items()},
+        )
 
     def shadowed(self, tier: Tier, route: Route) -> bool:
         """Whether a refusal of ``route`` for ``tier`` is only watched, not enforced."""
@@ -261,6 +270,11 @@ class Policy:
 
     def upstream_features(self, tier: Tier) -> str:
         """The tier's features the upstream enforces (``enforced: upstream``), as a header."""
+        if self.tiers.get(tier.name) is tier:
+            return self._upstream_features[tier.name]
+        return self._features_header(tier)
+
+    def _features_header(self, tier: Tier) -> str:
         return ",".join(sorted(f for f in tier.features if self.features[f].enforced == "upstream"))
 
     def tier(self, name: str | None) -> Tier:
