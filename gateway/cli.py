@@ -142,8 +142,8 @@ def _parser() -> argparse.ArgumentParser:
         "--tracing-endpoint",
         metavar="URL",
         help="export OpenTelemetry spans to this OTLP/HTTP collector, e.g. "
-        "http://127.0.0.1:4318/v1/traces (config: tracing.endpoint; needs the [otel] extra; "
-        "default: off)",
+        "http://127.0.0.1:4318/v1/traces; needs the [otel] extra; config: tracing.endpoint "
+        "(default: off)",
     )
     run.add_argument(
         "--demo",
