@@ -17,7 +17,10 @@ query string, which may carry a key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
+import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, TypeVar
@@ -40,6 +43,8 @@ from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.settings import TracingSettings
 from gateway.trace import TRACEPARENT, TraceContext
+
+log = logging.getLogger("gateway")
 
 # the methods the HTTP conventions name; any other is reported as _OTHER
 _METHODS = frozenset(
@@ -115,12 +120,36 @@ class Tracing:
         self._tracer = provider.get_tracer("gateway", version)
 
     async def close(self) -> None:
-        """Export every span still queued, then stop; off the event loop, whose requests
-        (and, in tests, whose collector) must not wait on the export."""
+        """Export the spans still queued, then stop, within ``export_timeout_seconds``.
+
+        Off the event loop (which may still be serving, and in tests runs the collector),
+        on a daemon thread: with the collector down the SDK would retry each batch until
+        its own timeout, batch after batch, for up to 30 s; a process told to stop gives
+        up on those spans rather than keep a rolling update waiting."""
         provider, self._provider = self._provider, None
         self._tracer = trace.NoOpTracer()
-        if provider is not None:
-            await asyncio.to_thread(provider.shutdown)
+        if provider is None:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def shutdown() -> None:
+            try:
+                provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_finish, done)
+
+        threading.Thread(target=shutdown, name="gateway-otel-shutdown", daemon=True).start()
+        timeout = self._settings.export_timeout_seconds
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            log.warning(
+                "tracing: the collector did not take the last spans within %ss; "
+                "stopping without them",
+                timeout,
+            )
 
     async def flush(self) -> bool:
         """Export what is queued now (False if the collector did not take it in time)."""
@@ -317,6 +346,11 @@ def _failed(span: trace.Span, exc: BaseException) -> None:
     # the type only: a message may quote what a client sent, or a store URL
     span.set_attribute("error.type", type(exc).__qualname__)
     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 def _version() -> str | None:

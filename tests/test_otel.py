@@ -265,3 +265,22 @@ async def test_tracing_off_exports_nothing_even_where_otel_variables_point(
     assert upstream_traceparent(gw)[1] == CALLER_TRACE
     await gw.client.close()  # a gateway that traced would flush here
     assert collector.spans == []
+
+
+@pytest.mark.stores("memory")  # the exporter's shutdown, not the store, is under test
+async def test_a_dead_collector_holds_the_shutdown_no_longer_than_the_export_timeout(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = f"http://127.0.0.1:{closed_port()}/v1/traces"
+    # nine spans in nine batches: the SDK alone would retry each until its timeout
+    tracing = {
+        "endpoint": gone,
+        "schedule_delay_seconds": 60,
+        "max_export_batch_size": 1,
+        "export_timeout_seconds": 2,
+    }
+    gw, headers = await traced(tracing=tracing)
+    for _ in range(3):
+        assert (await gw.client.get("/api/x", headers=headers)).status == 200
+    await gw.client.close()
+    assert "did not take the last spans within 2s" in caplog.text
