@@ -257,7 +257,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     log = AccessLog(settings.access_log) if settings.access_log else None
     cors = Cors(settings.cors) if settings.cors.allow_origins else None
-    # OpenTelemetry spans (gateway/otel.py): the SDK is imported only when configured
+    # OpenTelemetry spans (gateway/otel.py): imported, with the SDK, only when configured
     tracing = (
         load_otel()(
             settings.tracing,

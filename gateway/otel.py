@@ -1,13 +1,14 @@
 """OpenTelemetry spans for proxied requests, exported by OTLP/HTTP when ``tracing:`` is set.
 
-Imported only then (``gateway.trace.load_otel``): an untraced gateway never loads the SDK,
-and its request path holds one ``is not None`` test per traced step, nothing more.
+Imported only then (``gateway.trace.load_otel``): an untraced gateway never loads this
+module, the SDK's tracer or its exporter, and its request path holds one ``is not None``
+test per traced step, nothing more.
 
 Each request gets a span of its own (server kind) around the whole exchange, with two
 children: the store's quota decision, and the upstream call (client kind). The upstream
 span's id is the parent id of the ``traceparent`` the upstream receives, so a tracing
-backend draws caller -> gateway -> upstream call -> upstream. Spans go to the collector in
-batches from the SDK's own thread; a full queue drops spans rather than slowing requests.
+backend draws caller -> gateway -> upstream call -> upstream. Where the spans go, and how
+they are batched and flushed: gateway/otel_export.py.
 
 Attributes follow the OTel HTTP semantic conventions, plus ``gateway.*`` ones that the
 access log also holds (ids, tier, route, outcome): never a credential, a header value or a
@@ -16,11 +17,6 @@ query string, which may carry a key.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import importlib.metadata
-import logging
-import threading
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, TypeVar
@@ -28,23 +24,17 @@ from typing import Protocol, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context, trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
 from gateway.accesslog import ENTRY
 from gateway.metering.store import Charge, Decision
+from gateway.otel_export import SpanExport
 from gateway.pipeline import OUTCOME_LABEL, ROUTE_LABEL, TIER_LABEL
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.settings import TracingSettings
 from gateway.trace import TRACEPARENT, TraceContext
-
-log = logging.getLogger("gateway")
 
 # the methods the HTTP conventions name; any other is reported as _OTHER
 _METHODS = frozenset(
@@ -71,10 +61,9 @@ class Tracing:
     """The tracer provider of one process's proxy app and the hooks the pipeline calls."""
 
     def __init__(self, settings: TracingSettings, *, policy: PolicyHolder, store: str) -> None:
-        self._settings = settings
         self._policy = policy
         self._store = "memory" if store == "memory" else "redis"  # never the URL: a password
-        self._provider: TracerProvider | None = None
+        self._export = SpanExport(settings)
         # until the app starts, and after it stops, spans go nowhere
         self._tracer: trace.Tracer = trace.NoOpTracer()
         self._patterns: tuple[Policy, dict[str, str]] | None = None
@@ -82,81 +71,10 @@ class Tracing:
     # -- lifecycle (a cleanup_ctx of the proxy app) ------------------------------------------
 
     async def lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
-        self.start()
+        self._tracer = self._export.start()
         yield
-        await self.close()
-
-    def start(self) -> None:
-        """Build the provider in the serving process (its export thread does not survive a
-        fork), batching spans for the configured OTLP/HTTP endpoint."""
-        settings = self._settings
-        assert settings.endpoint is not None
-        version = _version()
-        attributes = {"service.name": settings.service_name}
-        if version is not None:
-            attributes["service.version"] = version
-        # the exporter also reads OTEL_EXPORTER_OTLP_HEADERS (a collector's API key) and the
-        # certificate variables; Resource.create adds OTEL_RESOURCE_ATTRIBUTES
-        exporter = OTLPSpanExporter(
-            endpoint=settings.endpoint, timeout=settings.export_timeout_seconds
-        )
-        provider = TracerProvider(
-            resource=Resource.create(attributes),
-            # a caller's sampled flag decides for its trace; the ratio only for new traces
-            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
-            # close() flushes on shutdown; an exit hook would block on a gone collector
-            shutdown_on_exit=False,
-        )
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                exporter,
-                max_queue_size=settings.max_queue_size,
-                schedule_delay_millis=settings.schedule_delay_seconds * 1000,
-                max_export_batch_size=settings.max_export_batch_size,
-                export_timeout_millis=settings.export_timeout_seconds * 1000,
-            )
-        )
-        self._provider = provider
-        self._tracer = provider.get_tracer("gateway", version)
-
-    async def close(self) -> None:
-        """Export the spans still queued, then stop, within ``export_timeout_seconds``.
-
-        Off the event loop (which may still be serving, and in tests runs the collector),
-        on a daemon thread: with the collector down the SDK would retry each batch until
-        its own timeout, batch after batch, for up to 30 s; a process told to stop gives
-        up on those spans rather than keep a rolling update waiting."""
-        provider, self._provider = self._provider, None
         self._tracer = trace.NoOpTracer()
-        if provider is None:
-            return
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def shutdown() -> None:
-            try:
-                provider.shutdown()
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                    loop.call_soon_threadsafe(_finish, done)
-
-        threading.Thread(target=shutdown, name="gateway-otel-shutdown", daemon=True).start()
-        timeout = self._settings.export_timeout_seconds
-        try:
-            await asyncio.wait_for(asyncio.shield(done), timeout)
-        except TimeoutError:
-            log.warning(
-                "tracing: the collector did not take the last spans within %ss; "
-                "stopping without them",
-                timeout,
-            )
-
-    async def flush(self) -> bool:
-        """Export what is queued now (False if the collector did not take it in time)."""
-        if self._provider is None:
-            return True
-        timeout = int(self._settings.export_timeout_seconds * 1000)
-        return await asyncio.to_thread(self._provider.force_flush, timeout)
+        await self._export.close()
 
     # -- the gateway's span ------------------------------------------------------------------
 
@@ -346,15 +264,3 @@ def _failed(span: trace.Span, exc: BaseException) -> None:
     # the type only: a message may quote what a client sent, or a store URL
     span.set_attribute("error.type", type(exc).__qualname__)
     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-
-
-def _finish(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
-
-
-def _version() -> str | None:
-    try:
-        return importlib.metadata.version("quota-gateway")
-    except importlib.metadata.PackageNotFoundError:  # a checkout never installed
-        return None
