@@ -53,6 +53,7 @@ from gateway.proxy.forward import Forwarder, Upstream, Upstreams
 from gateway.proxy.pool import Pool, PoolSettings, Target
 from gateway.proxy.websocket import TunnelLimits, WebSocketTunnel
 from gateway.settings import Settings, load_settings
+from gateway.trace import load_otel
 
 
 @dataclass
@@ -261,8 +262,20 @@ def proxy_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     log = AccessLog(settings.access_log) if settings.access_log else None
     cors = Cors(settings.cors) if settings.cors.allow_origins else None
+    # OpenTelemetry spans (gateway/otel.py): imported, with the SDK, only when configured
+    tracing = (
+        load_otel()(
+            settings.tracing,
+            policy=gateway.policy,
+            store="memory" if isinstance(gateway.store.inner, MemoryStore) else "redis",
+        )
+        if settings.tracing.enabled
+        else None
+    )
     middlewares = [
         access_log(log=log, clock=gateway.clock, outcome=OUTCOME_LABEL),
+        # the request's span takes over the trace the access log started or continued
+        *([tracing.middleware()] if tracing is not None else []),
         # preflights are answered before the error boundary counts a decision
         *([cors.middleware()] if cors is not None else []),
         error_boundary(metrics=gateway.metrics, max_in_flight=settings.max_in_flight),
@@ -311,6 +324,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         handlers=handlers,
         websockets=tunnel,
         max_header_block=settings.limits.max_header_block_bytes,
+        tracing=tracing,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404
@@ -370,6 +384,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
         await gateway.store.close()
 
     app.cleanup_ctx.append(session_ctx)
+    if tracing is not None:  # its cleanup flushes the spans the last requests left queued
+        app.cleanup_ctx.append(tracing.lifecycle)
     return app
 
 

@@ -31,6 +31,7 @@ from gateway.replay import read_log, replay
 from gateway.server import ServeError, serve
 from gateway.settings import Settings, load_settings, parse_address
 from gateway.shipped import locate
+from gateway.trace import load_otel
 
 EXIT_CONFIG = 2
 EXIT_WARNINGS = 1  # `policy check --strict` found warnings only
@@ -136,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="requests one worker handles at once; more are shed with 503 OVERLOADED "
         "(default: 1024)",
+    )
+    run.add_argument(
+        "--tracing-endpoint",
+        metavar="URL",
+        help="export OpenTelemetry spans to this OTLP/HTTP collector, e.g. "
+        "http://127.0.0.1:4318/v1/traces; needs the [otel] extra; config: tracing.endpoint "
+        "(default: off)",
     )
     run.add_argument(
         "--demo",
@@ -262,9 +270,12 @@ def _serve(args: argparse.Namespace) -> int:
         require_store=args.require_store,
         workers=args.workers,
         max_in_flight=args.max_in_flight,
+        tracing_endpoint=args.tracing_endpoint,
     )
     settings = dataclasses.replace(settings, policy=locate(settings.policy))
     load_policy(settings.policy)  # fail fast, with file:line, before binding anything
+    if settings.tracing.enabled:
+        load_otel()  # the [otel] extra, or an error naming it, before any worker starts
     serve(settings, on_ready=_print_demo_key if args.demo else None, extra_sites=extra)
     return 0
 

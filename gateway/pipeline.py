@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
@@ -34,6 +35,9 @@ from gateway.proxy.forward import Delivery, Forwarder, relay
 from gateway.proxy.path import canonical_path, encode_path
 from gateway.proxy.websocket import WebSocketTunnel, is_upgrade
 
+if TYPE_CHECKING:  # imported only with tracing configured (gateway/trace.py: load_otel)
+    from gateway.otel import Tracing
+
 # request-scoped labels the error boundary reads for metrics
 ROUTE_LABEL = web.RequestKey("gateway.route", str)
 TIER_LABEL = web.RequestKey("gateway.tier", str)
@@ -55,8 +59,10 @@ class Pipeline:
         handlers: Mapping[str, LocalHandler] | None = None,
         max_header_block: int = 64 * 1024,
         websockets: WebSocketTunnel | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._websockets = websockets
+        self._tracing = tracing
         self._handlers = dict(handlers or {})
         self._policy = policy
         self._auth = authenticator
@@ -125,9 +131,12 @@ class Pipeline:
                 )
                 charges += capped
                 started = time.perf_counter()
-                decision = await self._leases.consume(
+                deciding = self._leases.consume(
                     identity.account_id, charges, failure_mode=tier.store_failure_mode
                 )
+                if self._tracing is not None:  # OpenTelemetry: the decision's span
+                    deciding = self._tracing.store(deciding, charges)
+                decision = await deciding
                 self._metrics.consume_seconds.observe(time.perf_counter() - started)
                 if decision.admitted:
                     entry.meters = costs
@@ -187,7 +196,7 @@ class Pipeline:
         delivery = Delivery()
         started = time.perf_counter()
         try:
-            async with self._forwarder.open(
+            opening = self._forwarder.open(
                 request,
                 encoded,
                 inject=inject,
@@ -195,7 +204,11 @@ class Pipeline:
                 delivery=delivery,
                 body_meter=streamed,
                 route=route.name,
-            ) as upstream:
+            )
+            if self._tracing is not None and entry.trace is not None:
+                # OpenTelemetry: the upstream call's span, the parent in its traceparent
+                opening = self._tracing.upstream(opening, request.method, inject, entry.trace)
+            async with opening as upstream:
                 answered = True
                 entry.upstream_seconds = time.perf_counter() - started
                 ok = 200 <= upstream.status < 300

@@ -153,6 +153,25 @@ class WebSocketSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry spans exported by OTLP/HTTP (gateway/otel.py); off without an endpoint."""
+
+    endpoint: str | None = None  # the collector's traces URL: http://127.0.0.1:4318/v1/traces
+    service_name: str = "quota-gateway"
+    #: the share of traces the gateway starts that are sampled; a caller's traceparent
+    #: decides for its own trace (parent-based: its sampled flag is honoured)
+    sample_ratio: float = 1.0
+    max_queue_size: int = 2048  # spans waiting for export; more are dropped, never waited on
+    max_export_batch_size: int = 512
+    schedule_delay_seconds: float = 5.0  # the longest a finished span waits for its batch
+    export_timeout_seconds: float = 10.0  # one export request to the collector
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 8190  # one header line; aiohttp's own default
@@ -268,6 +287,7 @@ class Settings:
     stripe: StripeSettings = field(default_factory=StripeSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def admin_token(self, environ: Mapping[str, str] = os.environ) -> str | None:
         """The admin API's bearer token, or None (the admin API is then disabled).
@@ -320,6 +340,18 @@ KEYS: dict[str, frozenset[str]] = {
             "method_override_headers",
             "cors",
             "websocket",
+            "tracing",
+        }
+    ),
+    "tracing": frozenset(
+        {
+            "endpoint",
+            "service_name",
+            "sample_ratio",
+            "max_queue_size",
+            "max_export_batch_size",
+            "schedule_delay_seconds",
+            "export_timeout_seconds",
         }
     ),
     "websocket": frozenset({"idle_seconds", "max_seconds", "max_message_bytes"}),
@@ -416,6 +448,9 @@ def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
             raise ValueError("--store-timeout-ms must be at least 1")
         elif name == "max_in_flight" and value < 1:
             raise ValueError("--max-in-flight must be at least 1")
+        elif name == "tracing_endpoint":
+            endpoint = parse_otlp_endpoint(value)
+            name, value = "tracing", dataclasses.replace(settings.tracing, endpoint=endpoint)
         overrides[name] = value
     return dataclasses.replace(settings, **overrides)
 
@@ -526,7 +561,51 @@ def _from_file(path: str) -> Settings:
         if (sub := child.get("max_message_bytes")) is not None:
             ws["max_message_bytes"] = sub.int(minimum=1, maximum=1 << 30)
         values["websocket"] = WebSocketSettings(**ws)
+    if (child := node.get("tracing")) is not None:
+        values["tracing"] = _tracing(child)
     return Settings(**values)
+
+
+def parse_otlp_endpoint(text: str) -> str:
+    """An OTLP/HTTP traces URL; one with no path gets the standard ``/v1/traces``."""
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {text.split('@')[-1]!r}: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.raw_host or url.port == 0:
+        raise ValueError(f"expected an http:// or https:// URL, got {text.split('@')[-1]!r}")
+    _check_host(url.raw_host, text.split("@")[-1])
+    if url.user is not None or url.query_string or url.fragment:
+        # a collector's credentials are a secret: OTEL_EXPORTER_OTLP_HEADERS carries them
+        raise ValueError(
+            "an OTLP endpoint has no credentials, query or fragment (put an API key in "
+            f"OTEL_EXPORTER_OTLP_HEADERS), got {text.split('@')[-1]!r}"
+        )
+    return str(url.with_path("/v1/traces")) if url.path in ("", "/") else str(url)
+
+
+def _tracing(node: Node) -> TracingSettings:
+    node.mapping(allowed=set(KEYS["tracing"]))
+    values: dict[str, Any] = {}
+    if (child := node.get("endpoint")) is not None and child.value is not None:
+        values["endpoint"] = _convert(child, parse_otlp_endpoint)
+    if (child := node.get("service_name")) is not None:
+        values["service_name"] = child.str(max_len=200)
+    if (child := node.get("sample_ratio")) is not None:
+        ratio = child.number(minimum=0.0)
+        if ratio > 1:
+            raise child.fail(f"a ratio is at most 1, got {ratio}")
+        values["sample_ratio"] = ratio
+    for key in ("max_queue_size", "max_export_batch_size"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.int(minimum=1, maximum=1_000_000)
+    for key in ("schedule_delay_seconds", "export_timeout_seconds"):
+        if (child := node.get(key)) is not None:
+            values[key] = child.number(minimum=0.001)
+    tracing = TracingSettings(**values)
+    if tracing.max_export_batch_size > tracing.max_queue_size:
+        raise node.fail("max_export_batch_size cannot be larger than max_queue_size")
+    return tracing
 
 
 _ORIGIN = re.compile(r"(\*|https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)")
@@ -715,4 +794,13 @@ def _convert(node: Node, parse: Any) -> Any:
         raise node.fail(str(exc)) from exc
 
 
-__all__ = ["KEYS", "Address", "ConfigError", "JwtSettings", "Limits", "Settings", "load_settings"]
+__all__ = [
+    "KEYS",
+    "Address",
+    "ConfigError",
+    "JwtSettings",
+    "Limits",
+    "Settings",
+    "TracingSettings",
+    "load_settings",
+]

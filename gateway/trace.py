@@ -3,6 +3,10 @@
 The gateway is one hop of the trace: the upstream sees a ``traceparent`` whose parent id is
 the gateway's own span id, so a tracing backend shows client -> gateway -> upstream. The
 trace id goes into the access log line, which ties a log line to a trace.
+
+With ``tracing:`` configured, OpenTelemetry spans are exported too (gateway/otel.py, loaded
+through ``load_otel`` only then): the span ids in the upstream's traceparent are then the
+exported spans'.
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.otel import Tracing
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -69,3 +77,28 @@ def _parse(value: str) -> tuple[str, str, str] | None:
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
         return None
     return trace_id, parent_id, flags
+
+
+#: what to install for OpenTelemetry spans
+OTEL_EXTRA = "quota-gateway[otel]"
+
+
+class TracingUnavailable(ValueError):
+    """``tracing`` is configured but the OpenTelemetry packages are not installed."""
+
+
+def load_otel() -> type[Tracing]:
+    """gateway.otel's Tracing, imported now (the OpenTelemetry SDK with it), or a
+    TracingUnavailable that says which extra to install."""
+    try:
+        from gateway.otel import Tracing
+    except ImportError as exc:
+        # a package of the extra (OpenTelemetry, or what it needs) is missing; a bug of ours
+        # that happens to be an ImportError is not reported as one
+        if exc.name is None or exc.name.split(".")[0] == "gateway":
+            raise
+        raise TracingUnavailable(
+            f"tracing.endpoint is set but the OpenTelemetry packages are not installed "
+            f"({exc.name} is missing): pip install '{OTEL_EXTRA}', or remove tracing.endpoint"
+        ) from exc
+    return Tracing

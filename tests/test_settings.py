@@ -20,6 +20,7 @@ from gateway.settings import (
     JwtSettings,
     Limits,
     Settings,
+    TracingSettings,
     load_settings,
     parse_address,
     parse_upstream,
@@ -178,6 +179,30 @@ def write(tmp_path: Path, text: str) -> str:
         ("timeouts:\n  read_seconds: 0\n", 2, "timeouts.read_seconds", "at least 0.001"),
         ("limits:\n  max_headers: -1\n", 2, "limits.max_headers", "at least 1"),
         ("listen: [1, 2\n", 2, "", "invalid YAML"),
+        ("tracing:\n  exporter: otlp\n", 2, "tracing.exporter", "unknown key"),
+        (
+            "tracing:\n  endpoint: grpc://collector:4317\n",
+            2,
+            "tracing.endpoint",
+            "expected an http:// or https:// URL, got 'grpc://collector:4317'",
+        ),
+        ("tracing:\n  endpoint: http://c/?k=1\n", 2, "tracing.endpoint", "no credentials, query"),
+        ("tracing:\n  sample_ratio: 1.5\n", 2, "tracing.sample_ratio", "at most 1"),
+        ("tracing:\n  sample_ratio: -0.1\n", 2, "tracing.sample_ratio", "at least 0"),
+        ("tracing:\n  max_queue_size: 0\n", 2, "tracing.max_queue_size", "at least 1"),
+        (
+            "tracing:\n  max_queue_size: 10\n  max_export_batch_size: 11\n",
+            1,
+            "tracing",
+            "max_export_batch_size cannot be larger than max_queue_size",
+        ),
+        (
+            "tracing:\n  schedule_delay_seconds: 0\n",
+            2,
+            "tracing.schedule_delay_seconds",
+            "at least 0.001",
+        ),
+        ("tracing:\n  service_name: ''\n", 2, "tracing.service_name", "non-empty string"),
     ],
 )
 def test_settings_errors_name_file_line_and_key_path(
@@ -197,6 +222,29 @@ def test_a_store_url_with_a_password_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(file)
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_collector_credential_in_the_endpoint_is_refused_unechoed(tmp_path: Path) -> None:
+    file = write(tmp_path, "tracing:\n  endpoint: https://user:s3cret@otlp.example.com\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_tracing_is_on_with_an_endpoint_from_the_file_or_the_flag(tmp_path: Path) -> None:
+    assert not Settings().tracing.enabled
+    file = write(tmp_path, "tracing:\n  endpoint: http://collector:4318\n  sample_ratio: 0.25\n")
+    tracing = load_settings(file).tracing
+    # a URL with no path is the collector's base: the traces path is added
+    assert tracing == TracingSettings(endpoint="http://collector:4318/v1/traces", sample_ratio=0.25)
+    assert tracing.enabled
+    flagged = load_settings(file, tracing_endpoint="https://otlp.example.com/otlp/v1/traces")
+    assert flagged.tracing.endpoint == "https://otlp.example.com/otlp/v1/traces"
+    assert flagged.tracing.sample_ratio == 0.25  # the rest of the file's section stays
+    assert load_settings(None, tracing_endpoint="http://127.0.0.1:4318").tracing.enabled
+    with pytest.raises(ValueError, match="expected an http"):
+        load_settings(None, tracing_endpoint="127.0.0.1:4318")
 
 
 def test_optional_jwt_keys_accept_null_and_resolve_paths(tmp_path: Path) -> None:
