@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.errors import FeatureUnavailable, PolicyRefusal, QuotaExceeded, TierForbidden
 from gateway.identity.resolve import Identity
+from gateway.metering import rates
 from gateway.metering.keys import meter_key
 from gateway.metering.store import Charge, MeterState
 from gateway.metering.windows import iso
@@ -35,16 +36,25 @@ def charges(
     project_id: str | None,
     costs: Sequence[tuple[str, int]],
     identity: Identity | None = None,
+    client: str | None = None,
 ) -> list[Charge]:
     """One Charge per meter, scoped to the account or to the project.
 
     With the caller's identity, an account-scoped meter carries the account's package
     capacity, its overage switch, and the tier's analytics retention for daily history.
+    A rate meter's charge is scoped as the meter says (the key, the project, the account or
+    the ``client`` address); a rate the tier leaves unlimited is no charge at all.
     """
     history = history_ttl(policy, tier) if identity is not None else 0
     out = []
     for name, cost in costs:
         meter = policy.meters[name]
+        if meter.kind == "rate":
+            rate = tier.rates.get(name)
+            if rate is not None:
+                scope = _rate_scope(meter.scope, account_id, project_id, identity, client)
+                out.append(Charge(name, scope, None, cost, rate.burst, rate=rate))
+            continue
         scope_id = account_id if meter.scope == "account" else (project_id or NO_PROJECT)
         if identity is None or meter.scope != "account":
             out.append(Charge(name, scope_id, meter.period, cost, tier.limit(name)))
@@ -62,6 +72,34 @@ def charges(
             )
         )
     return out
+
+
+def _rate_scope(
+    scope: str,
+    account_id: str,
+    project_id: str | None,
+    identity: Identity | None,
+    client: str | None,
+) -> str:
+    """Whose bucket a rate charge draws on; a caller without an API key (a JWT) is scoped
+    to its account when the meter is per key."""
+    if scope == "key":
+        return identity.key_id if identity is not None and identity.key_id else account_id
+    if scope == "project":
+        return project_id or NO_PROJECT
+    if scope == "client":
+        return client or NO_PROJECT
+    return account_id
+
+
+def refusal(
+    policy: Policy, tier: Tier, route: Route, charge: Charge, state: MeterState, now: float
+) -> PolicyRefusal:
+    """The answer to a request refused at ``charge``: a rate meter's RATE_LIMITED, or the
+    policy's quota answer (a key's service cap answers for itself: metering/caps.py)."""
+    if charge.rate is not None:
+        return rates.refusal(policy, tier, route, charge, state, now)
+    return quota_refusal(policy, tier, route, charge, state, now)
 
 
 def releases(account_id: str, charges: Sequence[Charge]) -> list[tuple[str, int]]:
@@ -282,10 +320,10 @@ def _next_step(
 
 
 def tightest(states: Sequence[MeterState]) -> MeterState | None:
-    """The limited meter with the fewest units left (the soonest reset breaks a tie)."""
+    """The limited quota with the fewest units left (the soonest reset breaks a tie)."""
     best: MeterState | None = None
     for state in states:
-        if state.limit is None:
+        if state.limit is None or state.rate is not None:
             continue
         if best is None:
             best = state
@@ -308,19 +346,26 @@ def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, st
     meter, named by the meter, with ``q`` (quota: allowance plus packages) and ``w``
     (the window in seconds) in the policy, ``r`` (remaining) and ``t`` (seconds to reset)
     in the current state; a live count has no window, so it carries neither ``w`` nor ``t``.
+    A rate meter's bucket is one more item of the structured fields (``rates.fields``);
+    the three single fields stay the tightest quota's.
     """
     limited = [state for state in states if state.capacity is not None]
-    state = tightest(limited)
-    if state is None:
+    if not limited:
         return {}
-    headers = {
-        "RateLimit-Limit": str(state.capacity),
-        "RateLimit-Remaining": str(state.remaining),
-    }
-    if state.reset_at is not None:
-        headers["RateLimit-Reset"] = str(max(math.ceil(state.reset_at - now), 0))
+    headers: dict[str, str] = {}
+    state = tightest(limited)
+    if state is not None:
+        headers["RateLimit-Limit"] = str(state.capacity)
+        headers["RateLimit-Remaining"] = str(state.remaining)
+        if state.reset_at is not None:
+            headers["RateLimit-Reset"] = str(max(math.ceil(state.reset_at - now), 0))
     policies, current = [], []
     for item in limited:
+        if item.rate is not None:
+            bucket = rates.fields(item.rate, item, now)
+            policies.append(bucket[0])
+            current.append(bucket[1])
+            continue
         name = '"' + (item.meter or "quota") + '"'
         window = ""
         reset = ""
