@@ -206,8 +206,8 @@ def test_check_of_several_files_reports_each_and_fails_on_one_bad() -> None:
         len(load_policy(POLICIES / f"{name}.yaml").routes) for name in ("agentstack", "agentidp")
     ]
     assert result.stdout.splitlines() == [
-        f"ok: {good[0]}: policy 'agentstack', 7 tiers, 13 meters, {routes[0]} routes",
-        f"ok: {good[1]}: policy 'agentidp', 3 tiers, 3 meters, {routes[1]} routes",
+        f"ok: {good[0]}: policy 'agentstack', 7 tiers, 14 meters, {routes[0]} routes",
+        f"ok: {good[1]}: policy 'agentidp', 3 tiers, 4 meters, {routes[1]} routes",
     ]
     assert result.stderr.splitlines() == [
         f"error: {bad}:10 tiers.free.limits.calls: "

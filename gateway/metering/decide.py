@@ -109,7 +109,7 @@ def releases(account_id: str, charges: Sequence[Charge]) -> list[tuple[str, int]
     return [
         (meter_key(account_id, c.meter, c.scope_id, None), c.cost)
         for c in charges
-        if c.period is None
+        if c.period is None and c.rate is None
     ]
 
 

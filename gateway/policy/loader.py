@@ -246,13 +246,13 @@ def _meter(key: str, node: Node) -> Meter:
     if kind == "rate":
         scope = node.child("scope").str(choices=("key", "project", "account", "client"))
         rate = meter_rate(node)
-        for key in ("reported", "display_unit"):
-            if (extra := node.get(key)) is not None:
-                raise extra.fail(f"a rate meter has no {key}: it counts requests as they come")
+        for field in ("reported", "display_unit"):
+            if (extra := node.get(field)) is not None:
+                raise extra.fail(f"a rate meter has no {field}: it counts requests as they come")
     else:
-        for key in ("rate", "burst"):
-            if (extra := node.get(key)) is not None:
-                raise extra.fail(f"only a rate meter (kind: rate) has a {key}")
+        for field in ("rate", "burst"):
+            if (extra := node.get(field)) is not None:
+                raise extra.fail(f"only a rate meter (kind: rate) has a {field}")
         scope = node.child("scope").str(choices=("account", "project"))
     title = _text(node, "title", key.replace("_", " ").capitalize())
     label = _text(node, "label", title)

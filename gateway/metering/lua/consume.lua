@@ -80,12 +80,15 @@ local function rates_check(out, refused)
   end
   return refused
 end
+-- A key is kept until its bucket is full again: then a missing key means the same. Under a
+-- caller's clock (ARGV[1], tests' FakeClock) Redis still expires keys in its own time, so
+-- they are kept at least a minute there, lest real time empty a bucket fake time filled.
+local rate_min_ttl = ARGV[1] == "" and 1 or 60000
 local function rates_apply(out)
   for i = rate_from, #KEYS do
     local after = rate_after[i]
-    -- kept until the bucket is full again: then a missing key means the same
     redis.call("SET", KEYS[i], string.format("%.0f", after),
-      "PX", math.max(math.ceil((after - now_us) / 1000), 1))
+      "PX", math.max(math.ceil((after - now_us) / 1000), rate_min_ttl))
     out[2 + (i - 1) * 5 + 2] = after
   end
 end
