@@ -109,8 +109,8 @@ def refusal(
         "RateLimit": current,
     }
     return RateLimited(
-        f"{meter.label}: more than {rate.count:,}/{rate.per} (burst {rate.burst:,}) "
-        f"on the {tier.title} tier; retry in {wait} s",
+        f"Rate limit exceeded: the {tier.title} tier allows {rate.count:,} {meter.label}"
+        f"/{rate.per} (bursts of {rate.burst:,}); retry in {wait} s.",
         details={
             "meter": meter.name,
             "scope": meter.scope,
