@@ -253,7 +253,13 @@ def _meter(key: str, node: Node) -> Meter:
         for field in ("rate", "burst"):
             if (extra := node.get(field)) is not None:
                 raise extra.fail(f"only a rate meter (kind: rate) has a {field}")
-        scope = node.child("scope").str(choices=("account", "project"))
+        scope_node = node.child("scope")
+        if scope_node.value in ("key", "client"):
+            raise scope_node.fail(
+                f"scope {scope_node.value} is for rate meters (kind: rate); a quota belongs to "
+                "an account or a project"
+            )
+        scope = scope_node.str(choices=("account", "project"))
     title = _text(node, "title", key.replace("_", " ").capitalize())
     label = _text(node, "label", title)
     unit = _text(node, "unit", "units")
