@@ -164,3 +164,18 @@ async def test_state_reports_burst_remaining_and_when_full(
     assert state.reset_at == pytest.approx(clock.now() + 0.2, abs=1e-6)
     refused = await store.consume("42", [rate(cost=4)])
     assert rates.retry_after(TEN_PER_SECOND, refused.states[0], 4, clock.now()) == 1
+
+
+async def test_retry_after_is_whole_seconds_rounded_up(make_store: Make, clock: FakeClock) -> None:
+    two = Rate(count=2, seconds=1, burst=4)  # a unit back every 500 ms
+    store = make_store()
+    assert (await store.consume("42", [rate(cost=4, limit=two)])).admitted
+    refused = await store.consume("42", [rate(cost=3, limit=two)])
+    assert not refused.admitted
+    # three units: 1.5 s away, so 2; and from 0.25 s later, still 2 (1.25 s)
+    assert rates.retry_after(two, refused.states[0], 3, clock.now()) == 2
+    clock.advance(0.25)
+    (state,) = await store.peek("42", [rate(limit=two)])
+    assert rates.retry_after(two, state, 3, clock.now()) == 2
+    clock.advance(1.25)
+    assert (await store.consume("42", [rate(cost=3, limit=two)])).admitted
