@@ -141,6 +141,15 @@ CASES: dict[str, tuple[Callable[[str], str], str, str, str]] = {
         "features.advanced_api",
         "feature advanced_api is granted (starter, basic, pro, premium, enterprise) but nothing",
     ),
+    "a route costing more of a rate than a tier's burst": (
+        _edit(
+            "consume: {logic_engine_calls: 1, api_calls: 1, request_rate: 1}",
+            "consume: {logic_engine_calls: 1, api_calls: 1, request_rate: 11}",
+        ),
+        "error",
+        "routes[44].consume.request_rate",
+        "route logic costs 11 of request_rate, more than tier anonymous's burst of 10",
+    ),
     "meter nothing consumes": (
         lambda t: _edit(
             "consume: {logic_pages: 1, api_calls: 1, request_rate: 1}", "consume: {api_calls: 1}"
