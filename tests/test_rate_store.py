@@ -179,3 +179,24 @@ async def test_retry_after_is_whole_seconds_rounded_up(make_store: Make, clock: 
     assert rates.retry_after(two, state, 3, clock.now()) == 2
     clock.advance(1.25)
     assert (await store.consume("42", [rate(cost=3, limit=two)])).admitted
+
+
+@pytest.mark.parametrize("url", ["redis_url", "cluster_url"])
+async def test_void_gives_back_a_rate_unit_whose_answer_was_lost(
+    url: str, request: pytest.FixtureRequest, clock: FakeClock
+) -> None:
+    """A decision that ran but whose answer never arrived (sent by hand with its id, as
+    tests/test_store_contract.py does for quotas): voiding it gives its rate unit back too."""
+    store = RedisStore(request.getfixturevalue(url), clock=clock, timeout_ms=2000)
+    charges = [calls(None), rate(cost=2)]
+    try:
+        keys, args = store.consume_call("42", charges, guard=(0, "lost-1", 60000))
+        assert int((await store._script("consume", keys, args))[0]) == 1
+        (bucket,) = await store.peek("42", [rate()])
+        assert bucket.remaining == 3
+        await store._void("42", "lost-1", charges)
+        (bucket,) = await store.peek("42", [rate()])
+        assert bucket.remaining == 5
+        assert (await store.peek("42", [calls(None)]))[0].used == 0
+    finally:
+        await store.close()
