@@ -407,9 +407,7 @@ class Pipeline:
                         refunded.append((name, cost))
                     continue
                 # a live count rises only when the upstream created the thing (2xx)
-                if (kind == "gauge" and not ok) or (
-                    kind == "counter" and not delivered and route.refund == "unanswered"
-                ):
+                if (kind == "gauge" and not ok) or (kind == "counter" and refundable):
                     giveback.append((state.key, cost))
                     refunded.append((name, cost))
         if streamed is not None:
