@@ -325,6 +325,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         websockets=tunnel,
         max_header_block=settings.limits.max_header_block_bytes,
         tracing=tracing,
+        trusted_proxies=settings.trusted_proxies,
     )
     # every path reaches the pipeline, which canonicalises it; (?s) so an encoded newline
     # gets the pipeline's 400 rather than slipping past the route as a 404

@@ -131,7 +131,7 @@ def _record(metrics: Metrics, request: web.Request, outcome: str, started: float
     route = request.get(ROUTE_LABEL, "-")
     tier = request.get(TIER_LABEL, "-")
     metrics.decision(tier, route, outcome).inc()
-    if outcome == "quota_exceeded":
+    if outcome in ("quota_exceeded", "rate_limited"):
         metrics.quota_refusals.labels(tier, route, request.get(METER_LABEL, "-")).inc()
     ended = request.get(HEADERS_SENT) or time.perf_counter()
     metrics.route_seconds(route).observe(ended - started)

@@ -16,6 +16,8 @@
     ├── PolicyInvalid               422: a policy reload refused (the old policy stays)
     └── PolicyRefusal               a decision of the policy, body from the policy's templates
         ├── QuotaExceeded           a meter would go over its limit (429 by default)
+        ├── RateLimited             a rate meter's bucket is empty: 429 RATE_LIMITED, the
+        │                           gateway's own body (not a template)
         ├── FeatureUnavailable      the tier lacks a feature the route needs (402/403)
         ├── TierForbidden           the route refuses the caller's tier (403)
         ├── ServiceCapDenied        the key's service cap denies the route's module (403)
@@ -206,6 +208,28 @@ class PolicyRefusal(GatewayError):
 
 class QuotaExceeded(PolicyRefusal):
     outcome = "quota_exceeded"
+
+
+class RateLimited(PolicyRefusal):
+    """A request over a rate meter's rate (``kind: rate``). A policy refusal (shadow mode
+    covers it), but its body is the gateway's own ``code``/``message``/``details``: the
+    seed documents define no short-window limits, so there is no seed body to match."""
+
+    code = "RATE_LIMITED"
+    outcome = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, status=429, body={}, headers=headers)
+        self.details = dict(details)
+
+    def body(self) -> dict[str, Any]:
+        return GatewayError.body(self)
 
 
 class FeatureUnavailable(PolicyRefusal):

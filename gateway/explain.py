@@ -102,7 +102,7 @@ async def explain(
                 over = (
                     caps.refusal(policy, charge, state, now)
                     if caps.is_cap(charge.meter)
-                    else decide.quota_refusal(policy, tier, route, charge, state, now)
+                    else decide.refusal(policy, tier, route, charge, state, now)
                 )
             out["meters"].append(
                 {
@@ -114,6 +114,8 @@ async def explain(
                     "remaining": state.remaining,
                     "reset": iso(state.reset_at) if state.reset_at is not None else None,
                     "fits": fits,
+                    # a rate meter's bucket: limit is its burst, used the units in use
+                    **({"rate": charge.rate.text()} if charge.rate is not None else {}),
                 }
             )
         if over is not None and (shadow or not refusals):

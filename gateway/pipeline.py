@@ -20,7 +20,7 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.identity.resolve import Authenticator, Identity, credential_from
-from gateway.metering import caps, decide
+from gateway.metering import caps, decide, rates
 from gateway.metering.clock import Clock
 from gateway.metering.guard import DEGRADED_HEADER, GuardedStore
 from gateway.metering.leases import Leases
@@ -31,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy, Route, Tier
 from gateway.proxy import headers as identity_headers
+from gateway.proxy.client import IpNetwork, client_address
 from gateway.proxy.forward import Delivery, Forwarder, relay
 from gateway.proxy.path import canonical_path, encode_path
 from gateway.proxy.websocket import WebSocketTunnel, is_upgrade
@@ -60,9 +61,11 @@ class Pipeline:
         max_header_block: int = 64 * 1024,
         websockets: WebSocketTunnel | None = None,
         tracing: Tracing | None = None,
+        trusted_proxies: Sequence[IpNetwork] = (),
     ) -> None:
         self._websockets = websockets
         self._tracing = tracing
+        self._trusted = tuple(trusted_proxies)  # whose X-Forwarded-For names the client
         self._handlers = dict(handlers or {})
         self._policy = policy
         self._auth = authenticator
@@ -127,7 +130,13 @@ class Pipeline:
             capped = caps.charges(route, identity)
             if costs or capped:
                 charges = decide.charges(
-                    policy, tier, identity.account_id, entry.project_id, costs, identity
+                    policy,
+                    tier,
+                    identity.account_id,
+                    entry.project_id,
+                    costs,
+                    identity,
+                    client=client_address(request, self._trusted),
                 )
                 charges += capped
                 started = time.perf_counter()
@@ -149,7 +158,7 @@ class Pipeline:
                             policy, charges[index], decision.states[index], self._clock.now()
                         )
                         if caps.is_cap(charges[index].meter)
-                        else decide.quota_refusal(
+                        else decide.refusal(
                             policy,
                             tier,
                             route,
@@ -162,8 +171,9 @@ class Pipeline:
                         refusal.headers[DEGRADED_HEADER] = "fail-open"
                     self._shadow_or_raise(policy, tier, route, entry, refusal)
                     decision = None  # forwarded in shadow: nothing was consumed
-                # settling walks the decision's states: one (meter, cost) per charge
-                costs = (*costs, *((c.meter, c.cost) for c in capped))
+                # settling walks the decision's states: one (meter, cost) per charge (a rate
+                # the tier leaves unlimited is none)
+                costs = tuple((c.meter, c.cost) for c in charges)
 
         if route.answer is not None:
             return await self._answer(request, policy, route, params, identity, decision, costs)
@@ -405,10 +415,15 @@ class Pipeline:
                 meter = policy.meters.get(name)
                 # a service cap counts calls like a counter
                 kind = meter.kind if meter is not None else "counter" if caps.is_cap(name) else None
+                refundable = not delivered and route.refund == "unanswered"
+                if kind == "rate":
+                    # a rate unit is given back like a call: the bucket's TAT moves back
+                    if refundable and state.rate is not None:
+                        giveback.append(rates.refund(state, cost))
+                        refunded.append((name, cost))
+                    continue
                 # a live count rises only when the upstream created the thing (2xx)
-                if (kind == "gauge" and not ok) or (
-                    kind == "counter" and not delivered and route.refund == "unanswered"
-                ):
+                if (kind == "gauge" and not ok) or (kind == "counter" and refundable):
                     giveback.append((state.key, cost))
                     refunded.append((name, cost))
         if streamed is not None:

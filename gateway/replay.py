@@ -16,13 +16,13 @@ from typing import Any
 
 from gateway.accesslog import parse_time
 from gateway.errors import GatewayError, PolicyRefusal
-from gateway.metering import decide
+from gateway.metering import decide, rates
 from gateway.metering.clock import FakeClock
 from gateway.metering.memory import MemoryStore
 from gateway.policy.model import Policy
 from gateway.proxy.path import canonical_path
 
-REFUSALS = frozenset({"quota_exceeded", "feature_unavailable", "tier_forbidden"})
+REFUSALS = frozenset({"quota_exceeded", "rate_limited", "feature_unavailable", "tier_forbidden"})
 # outcomes decided before the policy spoke (or without the store): nothing to compare
 _UNDECIDED = frozenset({"unauthenticated", "not_found", "bad_request", "store_unavailable"})
 _UNANSWERED = frozenset({"upstream_error", "upstream_timeout"})
@@ -171,13 +171,20 @@ async def _decide(
             for item in logged
         )
     giveback: list[tuple[str, int]] = []
-    if route.consume:
-        charges = decide.charges(policy, tier, account_id, project_id, route.consume)
+    # a rate meter scoped per key or client is replayed per account: the log names neither
+    charges = decide.charges(policy, tier, account_id, project_id, route.consume)
+    if charges:
         decision = await store.consume(account_id, charges)
         if not decision.admitted:
-            return "quota_exceeded"
-        for (name, cost), state in zip(route.consume, decision.states, strict=True):
+            refused = charges[decision.refused or 0]
+            return "rate_limited" if refused.rate is not None else "quota_exceeded"
+        for charge, state in zip(charges, decision.states, strict=True):
+            name, cost = charge.meter, charge.cost
             kind = policy.meters[name].kind
+            if kind == "rate":
+                if not answered and route.refund == "unanswered":
+                    giveback.append(rates.refund(state, cost))
+                continue
             if (kind == "gauge" and not ok) or (
                 kind == "counter" and not answered and route.refund == "unanswered"
             ):

@@ -26,6 +26,7 @@ from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Store
 from gateway.server import GatewayRunner
 from gateway.settings import Settings
+from tests.policies import without_rates
 
 # real redis-server and Redis Cluster fixtures (free ports, temporary directories)
 pytest_plugins = ["tests.redis_servers"]
@@ -228,15 +229,20 @@ async def make_gateway(
     clock: FakeClock,
     store_factory: Callable[[FakeClock], Awaitable[Store]],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[GatewayFactory]:
+    rate_free = tmp_path_factory.mktemp("policies")
     monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("GATEWAY_JWT_SECRET", JWT_SECRET)
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(policy: str = "agentstack", **overrides: Any) -> Harness:
+    async def make(policy: str = "agentstack", *, rates: bool = True, **overrides: Any) -> Harness:
+        """A gateway on a shipped policy; ``rates=False``: without its request rates (for
+        races at one instant that measure a quota, see tests/policies.py)."""
         assert upstream.url is not None
+        file = POLICIES / f"{policy}.yaml" if rates else without_rates(policy, rate_free)
         settings = dataclasses.replace(
-            Settings(policy=str(POLICIES / f"{policy}.yaml"), upstreams=(("/", upstream.url),)),
+            Settings(policy=str(file), upstreams=(("/", upstream.url),)),
             **overrides,
         )
         store = await store_factory(clock)

@@ -52,9 +52,15 @@ def wait_ready(served: Served, seconds: float = 60) -> None:
 
 @contextmanager
 def gateway_pair(
-    store_url: str, directory: Path, *, policy: str, upstream: str, extra: tuple[str, ...] = ()
+    store_url: str,
+    directory: Path,
+    *,
+    policy: str | Path,
+    upstream: str,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[Pair]:
-    """Two processes on ``store_url``, or one (both handles) on ``memory``."""
+    """Two processes on ``store_url``, or one (both handles) on ``memory``; ``policy`` is a
+    shipped policy's name or a file."""
     count = 1 if store_url == "memory" else 2
     env = {"GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
     with ExitStack() as stack:
@@ -66,7 +72,9 @@ def gateway_pair(
                     "--upstream",
                     upstream,
                     "--policy",
-                    str(ROOT / "policies" / f"{policy}.yaml"),
+                    str(
+                        policy if isinstance(policy, Path) else ROOT / "policies" / f"{policy}.yaml"
+                    ),
                     *extra,
                     log_path=directory / f"gateway{index}.log",
                     env=env,

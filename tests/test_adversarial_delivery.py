@@ -95,6 +95,7 @@ async def test_a_refused_connection_is_refunded_and_logged_as_refunded(
     assert line["meters"] == [
         {"meter": "logic_engine_calls", "cost": 1},
         {"meter": "api_calls", "cost": 1},
+        {"meter": "request_rate", "cost": 1},  # its unit goes back to the bucket too
     ]
     assert line["refunded"] == line["meters"]
 

@@ -43,7 +43,7 @@ async def assert_limit_exceeded(
 
 
 async def test_org_token_is_held_at_1000_calls_per_utc_day(make_gateway: GatewayFactory) -> None:
-    gw = await make_gateway("agentidp")
+    gw = await make_gateway("agentidp", rates=False)  # the daily quota's count, not the rate's
     headers = org_headers("never-seen-org")  # no account: the default tier, free
     for i in range(1000):
         resp = await gw.client.get(f"/api/v1/agents/{i}", headers=headers)

@@ -247,11 +247,15 @@ async def test_responses_name_every_quota_the_route_touched(make_gateway: Gatewa
     assert resp.status == 200
     # November 2026 has 30 days; the fake clock stands at 12:00 on the 25th
     month, left = 30 * 86400, 6 * 86400 - 12 * 3600
+    # and the request rate (FREE: 10/s, bursts of 20): 3 of the bucket's 20 taken, so it is
+    # full again in 3 x 100 ms, rounded up
     assert resp.headers["RateLimit-Policy"] == (
-        f'"logic_engine_calls";q=20000;w={month}, "api_calls";q=50000;w={month}'
+        f'"logic_engine_calls";q=20000;w={month}, "api_calls";q=50000;w={month}, '
+        '"request_rate";q=20;w=2'
     )
     assert resp.headers["RateLimit"] == (
-        f'"logic_engine_calls";r=9999;t={left}, "api_calls";r=49997;t={left}'
+        f'"logic_engine_calls";r=9999;t={left}, "api_calls";r=49997;t={left}, '
+        '"request_rate";r=17;t=1'
     )
     assert resp.headers["RateLimit-Limit"] == "20000"
 

@@ -76,6 +76,29 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "bad_path_no_leading_slash": (13, "routes[0].path", "a path pattern starts with '/'"),
     "auth_false_with_consume": (15, "routes[0].auth", "a route without auth cannot meter"),
     "empty": (1, "", "the file is empty"),
+    # rate meters (kind: rate)
+    "rate_not_a_rate": (
+        14,
+        "tiers.free.limits.rps",
+        'expected a rate such as "20/s", "600/min" or "10000/h", got "fast"',
+    ),
+    "rate_unknown_key": (14, "tiers.free.limits.rps.per", "unknown key; expected one of: burst"),
+    "rate_with_period": (11, "meters.rps.period", "a rate meter's period is in its rate"),
+    "rate_burst_without_rate": (11, "meters.rps.burst", "burst goes with a rate"),
+    "rate_zero": (11, "meters.rps.rate", "a rate admits at least 1 request per period"),
+    "rate_reported": (11, "meters.rps.reported", "a rate meter has no reported"),
+    "rate_scope_on_counter": (7, "meters.calls.scope", "scope client is for rate meters"),
+    "rate_on_counter": (8, "meters.calls.rate", "only a rate meter (kind: rate) has a rate"),
+    "rate_missing_limit": (
+        13,
+        "tiers.free.limits",
+        "missing a limit for meter 'rps' (a rate such as 10/s",
+    ),
+    "rate_quota_template": (
+        20,
+        "responses.quota_exceeded:rps",
+        "rps is a rate meter: its refusal is the gateway's RATE_LIMITED answer",
+    ),
     "tab_garbage": (2, "", "invalid YAML: found a tab character that violates indentation"),
     "not_utf8": (2, "", "not valid UTF-8"),
     "billing_unknown_key": (
@@ -209,8 +232,8 @@ def test_check_of_several_files_reports_each_and_fails_on_one_bad() -> None:
         len(load_policy(POLICIES / f"{name}.yaml").routes) for name in ("agentstack", "agentidp")
     ]
     assert result.stdout.splitlines() == [
-        f"ok: {good[0]}: policy 'agentstack', 7 tiers, 13 meters, {routes[0]} routes",
-        f"ok: {good[1]}: policy 'agentidp', 3 tiers, 3 meters, {routes[1]} routes",
+        f"ok: {good[0]}: policy 'agentstack', 7 tiers, 14 meters, {routes[0]} routes",
+        f"ok: {good[1]}: policy 'agentidp', 3 tiers, 4 meters, {routes[1]} routes",
     ]
     assert result.stderr.splitlines() == [
         f"error: {bad}:10 tiers.free.limits.calls: "

@@ -60,7 +60,7 @@ ADVANCED = """\
   - name: advanced-webhooks
     path: /api/webhooks/advanced/**
     features: [webhooks, advanced_webhooks]
-    consume: {api_calls: 1}
+    consume: {api_calls: 1, request_rate: 1}
 """
 
 # an edit of the shipped policy that once diffed as "No changes." -> (change, old, new)

@@ -25,7 +25,7 @@ ADVANCED = """\
   - name: advanced-webhooks
     path: /api/webhooks/advanced/**
     features: [webhooks, advanced_webhooks]
-    consume: {api_calls: 1}
+    consume: {api_calls: 1, request_rate: 1}
 """
 
 
@@ -141,10 +141,19 @@ CASES: dict[str, tuple[Callable[[str], str], str, str, str]] = {
         "features.advanced_api",
         "feature advanced_api is granted (starter, basic, pro, premium, enterprise) but nothing",
     ),
-    "meter nothing consumes": (
-        lambda t: _edit("consume: {logic_pages: 1, api_calls: 1}", "consume: {api_calls: 1}")(
-            _edit("    release: {logic_pages: 1}\n", "")(t)
+    "a route costing more of a rate than a tier's burst": (
+        _edit(
+            "consume: {logic_engine_calls: 1, api_calls: 1, request_rate: 1}",
+            "consume: {logic_engine_calls: 1, api_calls: 1, request_rate: 11}",
         ),
+        "error",
+        "routes[44].consume.request_rate",
+        "route logic costs 11 of request_rate, more than tier anonymous's burst of 10",
+    ),
+    "meter nothing consumes": (
+        lambda t: _edit(
+            "consume: {logic_pages: 1, api_calls: 1, request_rate: 1}", "consume: {api_calls: 1}"
+        )(_edit("    release: {logic_pages: 1}\n", "")(t)),
         "warning",
         "meters.logic_pages",
         "meter logic_pages is defined and limited, but no route consumes or releases it",
@@ -196,7 +205,10 @@ def test_covers_reads_patterns_as_the_matcher_does() -> None:
 
 
 def test_unknown_names_say_what_was_meant() -> None:
-    text = _edit("consume: {analytics_exports: 1}", "consume: {analytics_export: 1}")(AGENTSTACK)
+    text = _edit(
+        "consume: {analytics_exports: 1, request_rate: 1}",
+        "consume: {analytics_export: 1, request_rate: 1}",
+    )(AGENTSTACK)
     with pytest.raises(ConfigError, match="did you mean 'analytics_exports'"):
         parse_policy(text, "x.yaml")
     text = _edit("features: [custom_analytics]", "features: [custom_analytic]")(AGENTSTACK)

@@ -30,7 +30,8 @@ async def test_a_warm_proxied_request_costs_one_redis_command(
 ) -> None:
     # no idle store probe: its PING is no request's command
     gw = await make_gateway(identity_cache_ttl_seconds=300.0, store_probe_seconds=0)
-    headers = await gw.caller("anonymous")
+    # the pro tier: its request rate (bursts of 200) is one more charge in the same EVALSHA
+    headers = await gw.caller("pro", "user_ask_")
     assert (await gw.client.get("/api/logic/warm", headers=headers)).status == 200
     with redis_server.monitor() as commands:
         for i in range(40):

@@ -53,7 +53,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15.0
 async def test_redis_frozen_mid_load_fails_closed_within_the_budget_then_recovers(
     make_gateway: GatewayFactory, own_redis: RedisServer
 ) -> None:
-    gw = await make_gateway(identity_cache_ttl_seconds=300.0)
+    # load at one instant: the budget's test, not the request rate's
+    gw = await make_gateway(identity_cache_ttl_seconds=300.0, rates=False)
     headers = await gw.caller("anonymous")
     outcomes: list[tuple[int, bool]] = []  # status, degraded-marked
     stop = asyncio.Event()
@@ -192,7 +193,10 @@ async def test_redis_killed_mid_load_fail_open_keeps_serving_and_reconciles(
     make_gateway: GatewayFactory, own_redis: RedisServer
 ) -> None:
     gw = await make_gateway(
-        store_failure_mode="open", store_fail_open_allowance=900, identity_cache_ttl_seconds=300.0
+        store_failure_mode="open",
+        store_fail_open_allowance=900,
+        identity_cache_ttl_seconds=300.0,
+        rates=False,  # load at one instant: the fail-open ledger's test, not the rate's
     )
     account = await gw.account("anonymous")
     headers = {"Authorization": f"Bearer {await gw.key(account)}"}

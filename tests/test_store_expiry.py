@@ -51,6 +51,7 @@ PERMANENT_SETS = {"projects", "keys", "sessions", "tier_accounts"}
 PERMANENT_SEQUENCES = {"account", "project", "key", "session", "package"}
 
 TAG = r"gw:\{a:(?P<account>[^}]+)\}"
+RATE_MIN_TTL = 60  # seconds, under an injected clock
 METER = TAG + r":m:(?P<meter>[^:]+):(?P<scope>.+?)"  # a scope may hold ":" (org:acme)
 
 
@@ -88,6 +89,9 @@ def expectation(key: str, history: dict[str, int]) -> tuple[str, Callable[[int],
         ("month window", METER + r":\d{4}-\d{2}$", lambda m: about(window_ttl("month"))),
         ("live count", METER + "$", lambda m: permanent),
         ("decision marker", TAG + r":d:[^:]+$", lambda m: expiring),
+        # a rate meter's GCRA timestamp: kept until its bucket is full again; under the test's
+        # injected clock, at least a minute of Redis time (consume.lua says why)
+        ("rate bucket", TAG + r":r:[^:]+:.+$", lambda m: between(1, RATE_MIN_TTL)),
         (
             "record",
             r"gw:r:(?P<kind>[a-z_]+):.+$",
@@ -194,6 +198,7 @@ async def test_every_key_the_store_writes_has_its_documented_ttl(
         "package or overage source",
         "daily history",
         "live count",
+        "rate bucket",
         *(f"record {kind}" for kind in (*PERMANENT_RECORDS, *EXPIRING_RECORDS)),
         "set",
         "sequence",

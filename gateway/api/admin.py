@@ -175,6 +175,12 @@ class AdminApi:
         meter_name = request.match_info["meter"]
         if meter_name not in policy.meters:
             raise NotFound(f"no meter {meter_name!r}; meters are: {', '.join(policy.meters)}")
+        if policy.meters[meter_name].kind == "rate":
+            raise ValidationError(
+                f"{meter_name} is a rate meter: it has no usage to set, only a bucket that "
+                "refills by itself",
+                details={"meter": meter_name},
+            )
         body = await read_json(request)
         value = field(body, "value", int)
         # every store keeps usage as a signed 64-bit integer; JSON callers lose precision past 2**53
@@ -203,7 +209,8 @@ async def usage_report(
 ) -> dict[str, Any]:
     """Every meter of the account's tier as it stands now, consuming nothing."""
     tier = policy.tier(account.tier)
-    names = list(policy.meters)
+    # quotas and live counts; a rate meter's bucket refills by itself (no usage to report)
+    names = [name for name, meter in policy.meters.items() if meter.kind != "rate"]
     charges = decide.charges(policy, tier, account.id, project_id, [(name, 0) for name in names])
     states = await store.peek(account.id, charges)
     return {

@@ -194,7 +194,12 @@ class BillingApi:
     async def _usage(self, policy: Policy, account: Account, identity: Any) -> dict[str, Any]:
         billing = _billing(policy)
         tier = policy.tier(account.tier)
-        names = [name for name, meter in policy.meters.items() if meter.scope == "account"]
+        # quotas only: a rate meter has no usage to bill, only a bucket refilling by itself
+        names = [
+            name
+            for name, meter in policy.meters.items()
+            if meter.scope == "account" and meter.kind != "rate"
+        ]
         charges = decide.charges(policy, tier, account.id, None, [(n, 0) for n in names], identity)
         states = await self._store.peek(account.id, charges)
         meters: dict[str, Any] = {}

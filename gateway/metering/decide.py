@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.errors import FeatureUnavailable, PolicyRefusal, QuotaExceeded, TierForbidden
 from gateway.identity.resolve import Identity
+from gateway.metering import rates
 from gateway.metering.keys import meter_key
 from gateway.metering.store import Charge, MeterState
 from gateway.metering.windows import iso
@@ -35,16 +36,25 @@ def charges(
     project_id: str | None,
     costs: Sequence[tuple[str, int]],
     identity: Identity | None = None,
+    client: str | None = None,
 ) -> list[Charge]:
     """One Charge per meter, scoped to the account or to the project.
 
     With the caller's identity, an account-scoped meter carries the account's package
     capacity, its overage switch, and the tier's analytics retention for daily history.
+    A rate meter's charge is scoped as the meter says (the key, the project, the account or
+    the ``client`` address); a rate the tier leaves unlimited is no charge at all.
     """
     history = history_ttl(policy, tier) if identity is not None else 0
     out = []
     for name, cost in costs:
         meter = policy.meters[name]
+        if meter.kind == "rate":
+            rate = tier.rates.get(name)
+            if rate is not None:
+                scope = _rate_scope(meter.scope, account_id, project_id, identity, client)
+                out.append(Charge(name, scope, None, cost, rate.burst, rate=rate))
+            continue
         scope_id = account_id if meter.scope == "account" else (project_id or NO_PROJECT)
         if identity is None or meter.scope != "account":
             out.append(Charge(name, scope_id, meter.period, cost, tier.limit(name)))
@@ -65,6 +75,34 @@ def charges(
     return out
 
 
+def _rate_scope(
+    scope: str,
+    account_id: str,
+    project_id: str | None,
+    identity: Identity | None,
+    client: str | None,
+) -> str:
+    """Whose bucket a rate charge draws on; a caller without an API key (a JWT) is scoped
+    to its account when the meter is per key."""
+    if scope == "key":
+        return identity.key_id if identity is not None and identity.key_id else account_id
+    if scope == "project":
+        return project_id or NO_PROJECT
+    if scope == "client":
+        return client or NO_PROJECT
+    return account_id
+
+
+def refusal(
+    policy: Policy, tier: Tier, route: Route, charge: Charge, state: MeterState, now: float
+) -> PolicyRefusal:
+    """The answer to a request refused at ``charge``: a rate meter's RATE_LIMITED, or the
+    policy's quota answer (a key's service cap answers for itself: metering/caps.py)."""
+    if charge.rate is not None:
+        return rates.refusal(policy, tier, route, charge, state, now)
+    return quota_refusal(policy, tier, route, charge, state, now)
+
+
 def releases(account_id: str, charges: Sequence[Charge]) -> list[tuple[str, int]]:
     """The exact keys and counts to give back live counts on: a gauge's key has no window,
     so freeing one needs no lookup. Counters are left out: they are refunded by the key
@@ -72,7 +110,7 @@ def releases(account_id: str, charges: Sequence[Charge]) -> list[tuple[str, int]
     return [
         (meter_key(account_id, c.meter, c.scope_id, None), c.cost)
         for c in charges
-        if c.period is None
+        if c.period is None and c.rate is None
     ]
 
 
@@ -291,6 +329,8 @@ def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, st
     meter, named by the meter, with ``q`` (quota: allowance plus packages) and ``w``
     (the window in seconds) in the policy, ``r`` (remaining) and ``t`` (seconds to reset)
     in the current state; a live count has no window, so it carries neither ``w`` nor ``t``.
+    A rate meter's bucket is one more item of the structured fields (``rates.fields``);
+    the three single fields stay the tightest quota's.
     """
     # one pass: each state's capacity, remaining units and reset computed once (they are
     # properties), the static part of its items taken from a cache
@@ -302,11 +342,16 @@ def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, st
     for item in states:
         if item.limit is None:
             continue
+        if item.rate is not None:
+            bucket = rates.fields(item.rate, item, now)
+            policies.append(bucket[0])
+            current.append(bucket[1])
+            continue
         capacity = item.limit + item.package
         remaining = max(capacity - item.used, 0)
         reset_at = item.reset_at
         ends = math.inf if reset_at is None else reset_at
-        # tightest(): the fewest units left, the soonest reset breaking a tie
+        # the tightest quota: the fewest units left, the soonest reset breaking a tie
         if (
             best is None
             or remaining < best_remaining
@@ -319,14 +364,14 @@ def rate_limit_headers(states: Sequence[MeterState], now: float) -> dict[str, st
             current.append(f"{name};r={remaining};t={max(math.ceil(reset_at - now), 0)}")
         else:
             current.append(f"{name};r={remaining}")
-    if best is None:
+    if not policies:
         return {}
-    headers = {
-        "RateLimit-Limit": str(best_capacity),
-        "RateLimit-Remaining": str(best_remaining),
-    }
-    if best.reset_at is not None:
-        headers["RateLimit-Reset"] = str(max(math.ceil(best.reset_at - now), 0))
+    headers: dict[str, str] = {}
+    if best is not None:
+        headers["RateLimit-Limit"] = str(best_capacity)
+        headers["RateLimit-Remaining"] = str(best_remaining)
+        if best.reset_at is not None:
+            headers["RateLimit-Reset"] = str(max(math.ceil(best.reset_at - now), 0))
     headers["RateLimit-Policy"] = ", ".join(policies)
     headers["RateLimit"] = ", ".join(current)
     return headers

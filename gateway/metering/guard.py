@@ -15,7 +15,9 @@ The mode is the gateway's ``store_failure_mode`` unless the caller's tier names 
   Units admitted this way are never billed as overage: they join the shared count without
   a source (the account was never asked to pay for units the gateway could not check), and
   units after recovery are attributed by position as always. They are not added to the
-  daily usage history either: history shows what the store decided.
+  daily usage history either: history shows what the store decided. Rate meters are held
+  to the same per-outage allowance here and not written back: a bucket's state is worth
+  nothing a few seconds later.
 
 A decision cut off by its budget is void: the Redis store tells the script its deadline
 and, after giving up, turns the decision's id into a tombstone or gives back what it took
@@ -87,6 +89,7 @@ class GuardedStore:
         self._reason = ""
         self._probe: asyncio.Task[None] | None = None
         self._ledger: dict[_LedgerKey, int] = {}
+        self._local_rates: dict[_LedgerKey, int] = {}  # rate units admitted this outage
         self._releases: list[tuple[str, str, int]] = []
         self._healthy = asyncio.Event()
         self._healthy.set()
@@ -138,6 +141,7 @@ class GuardedStore:
                 self._reason = exc.message
                 continue
             log.warning("store answers again: deciding with it")
+            self._local_rates.clear()
             self._probe = None
             self._healthy.set()
             if self._metrics is not None:
@@ -226,11 +230,12 @@ class GuardedStore:
     def _consume_locally(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         now = self._clock.now()
         entries = [(account_id, c.meter, c.scope_id, c.period) for c in charges]
-        used = [self._ledger.get(entry, 0) for entry in entries]
+        ledgers = [self._ledger if c.rate is None else self._local_rates for c in charges]
+        used = [ledger.get(entry, 0) for ledger, entry in zip(ledgers, entries, strict=True)]
         refused = None
         for index, charge in enumerate(charges):
-            # overage and unlimited meters are held to the local allowance alone
-            capacity = None if charge.overage else charge.capacity
+            # overage, unlimited and rate meters are held to the local allowance alone
+            capacity = None if charge.overage or charge.rate is not None else charge.capacity
             cap = self._allowance if capacity is None else min(self._allowance, capacity)
             if used[index] + charge.cost > cap:
                 refused = index
@@ -238,7 +243,7 @@ class GuardedStore:
         if refused is None:
             for index, (entry, charge) in enumerate(zip(entries, charges, strict=True)):
                 used[index] += charge.cost
-                self._ledger[entry] = used[index]
+                ledgers[index][entry] = used[index]
         self._count("admitted_open" if refused is None else "refused_open")
         states = []
         for charge, value in zip(charges, used, strict=True):

@@ -21,6 +21,14 @@ def meter_key(account_id: str, meter: str, scope_id: str, period_id: str | None)
     return f"{key}:{period_id}" if period_id is not None else key
 
 
+def rate_key(account_id: str, meter: str, scope_id: str) -> str:
+    """``gw:{a:42}:r:request_rate:key_7``: a rate meter's GCRA state (one timestamp).
+
+    Whatever the meter's scope (an API key, a project, the account, a client address), the
+    key carries the account's hash tag, so it shares the decision's Cluster slot."""
+    return f"gw:{account_tag(account_id)}:r:{meter}:{scope_id}"
+
+
 def decision_key(account_id: str, decision_id: str) -> str:
     """``gw:{a:42}:d:<id>``: a guarded decision's marker (decided-at time, or ``void``).
 

@@ -7,9 +7,11 @@ import json
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+from gateway.metering import rates
 from gateway.metering.clock import Clock
 from gateway.metering.keys import (
     history_key,
+    rate_key,
     record_key,
     sequence_key,
     set_key,
@@ -76,20 +78,53 @@ class MemoryStore:
         self._values[key] = value + units
         return value + units
 
+    def _bucket(self, account_id: str, charge: Charge, now: float) -> tuple[str, int, bool, int]:
+        """A rate charge's key, its TAT now, whether it fits, and its TAT if applied."""
+        assert charge.rate is not None
+        key = rate_key(account_id, charge.meter, charge.scope_id)
+        now_us = rates.micros(now)
+        tat = max(self._read(key, now), now_us)
+        fits, after = rates.gcra(tat, now_us, charge.cost, charge.rate)
+        return key, tat, fits, after
+
     async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         now = self._clock.now()
         resolved = [self._resolve(account_id, charge, now) for charge in charges]
         used = [self._read(key, now) for key, _ in resolved]
-        for index, charge in enumerate(charges):
-            capacity = charge.capacity
-            if capacity is not None and not charge.overage and used[index] + charge.cost > capacity:
-                states = tuple(
-                    self._state(key, reset, value, c)
-                    for (key, reset), value, c in zip(resolved, used, charges, strict=True)
+        # rate charges (GCRA) are checked with the quotas and applied only if all fit
+        buckets = {
+            i: self._bucket(account_id, c, now) for i, c in enumerate(charges) if c.rate is not None
+        }
+        over = [
+            index
+            for index, charge in enumerate(charges)
+            if charge.rate is None
+            and charge.capacity is not None
+            and not charge.overage
+            and used[index] + charge.cost > charge.capacity
+        ]
+        # a quota refusal is named before a rate's: waiting for the bucket would not help
+        over = over or [index for index, (_, _, fits, _) in buckets.items() if not fits]
+        if over:
+            states = tuple(
+                self._bucket_state(buckets[i][0], buckets[i][1], c, now)
+                if c.rate is not None
+                else self._state(key, reset, value, c)
+                for i, ((key, reset), value, c) in enumerate(
+                    zip(resolved, used, charges, strict=True)
                 )
-                return Decision(False, states, index)
+            )
+            return Decision(False, states, min(over))
         states_list = []
-        for (key, reset), before, charge in zip(resolved, used, charges, strict=True):
+        for index, ((key, reset), before, charge) in enumerate(
+            zip(resolved, used, charges, strict=True)
+        ):
+            if charge.rate is not None:
+                bucket_key, _, _, after = buckets[index]
+                self._values[bucket_key] = after
+                self._expiry[bucket_key] = now + rates.ttl_ms(after, rates.micros(now)) / 1000
+                states_list.append(self._bucket_state(bucket_key, after, charge, now))
+                continue
             ttl = window_ttl(charge.period) if charge.period is not None else None
             after = self._add(key, charge.cost, ttl, now)
             if charge.period is not None and charge.limit is not None:
@@ -135,6 +170,10 @@ class MemoryStore:
         self._count_write(now)
         return tuple(out)
 
+    @staticmethod
+    def _bucket_state(key: str, tat: int, charge: Charge, now: float) -> MeterState:
+        return rates.state(key, tat, rates.micros(now), charge, now)
+
     async def release(self, account_id: str, items: Sequence[tuple[str, int]]) -> None:
         for key, cost in items:
             if key in self._values:
@@ -152,6 +191,10 @@ class MemoryStore:
         now = self._clock.now()
         out = []
         for charge in charges:
+            if charge.rate is not None:
+                key, tat, _, _ = self._bucket(account_id, charge, now)
+                out.append(self._bucket_state(key, tat, charge, now))
+                continue
             key, reset = self._resolve(account_id, charge, now)
             out.append(self._state(key, reset, self._read(key, now), charge))
         return tuple(out)

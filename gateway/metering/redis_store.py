@@ -46,8 +46,16 @@ from yarl import URL
 
 from gateway.aio import LoopLag, exchange_budget
 from gateway.errors import StoreUnavailable
+from gateway.metering import rates
 from gateway.metering.clock import Clock, SystemClock
-from gateway.metering.keys import decision_key, meter_key, record_key, sequence_key, set_key
+from gateway.metering.keys import (
+    decision_key,
+    meter_key,
+    rate_key,
+    record_key,
+    sequence_key,
+    set_key,
+)
 from gateway.metering.late import MARKER_TTL_MS, LateDecisions
 from gateway.metering.pipelining import AtSend, Pipeliner, resolve
 from gateway.metering.store import Charge, Decision, Granted, Lease, MeterState
@@ -297,17 +305,22 @@ class RedisStore:
 
     @staticmethod
     def _base(account_id: str, charge: Charge) -> str:
+        if charge.rate is not None:
+            return rate_key(account_id, charge.meter, charge.scope_id)
         return meter_key(account_id, charge.meter, charge.scope_id, None)
 
     @staticmethod
     def _ttl(charge: Charge) -> int:
         return window_ttl(charge.period) if charge.period is not None else 0
 
-    @staticmethod
-    def _states(raw: Sequence[Any], charges: Sequence[Charge]) -> tuple[MeterState, ...]:
+    def _states(self, raw: Sequence[Any], charges: Sequence[Charge]) -> tuple[MeterState, ...]:
         out = []
+        local_now = (self._clock or _SYSTEM).now()
         for index, charge in enumerate(charges):
             key, used, reset, packaged, over = raw[5 * index : 5 * index + 5]
+            if charge.rate is not None:  # TAT and the script's now (Redis time), in µs
+                out.append(rates.state(str(key), int(used), int(reset), charge, local_now))
+                continue
             reset_at = None if int(reset) < 0 else float(reset)
             out.append(
                 MeterState(
@@ -335,6 +348,9 @@ class RedisStore:
         """The keys and arguments ``consume`` hands the consume script."""
         args: list[Any] = [self._now(), SOURCE_TTL, *self._guesses()]
         for charge in charges:
+            if charge.rate is not None:  # consume.lua's GCRA block; ordered last (consume)
+                args += ["rate", charge.cost, charge.rate.emission_us, charge.rate.burst, 0, 0, 0]
+                continue
             limit = -1 if charge.limit is None else charge.limit
             args += [
                 charge.period or "",
@@ -353,6 +369,20 @@ class RedisStore:
     async def consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         if not charges:
             return Decision(True, ())
+        # consume.lua takes rate charges after every quota charge: order them so, and
+        # answer in the caller's order
+        order = sorted(range(len(charges)), key=lambda i: charges[i].rate is not None)
+        if order != sorted(order):
+            ordered = [charges[i] for i in order]
+            decision = await self._consume(account_id, ordered)
+            states: list[MeterState | None] = [None] * len(charges)
+            for position, index in enumerate(order):
+                states[index] = decision.states[position]
+            refused = None if decision.refused is None else order[decision.refused]
+            return Decision(decision.admitted, tuple(s for s in states if s is not None), refused)
+        return await self._consume(account_id, charges)
+
+    async def _consume(self, account_id: str, charges: Sequence[Charge]) -> Decision:
         if self._late.sample_due():
             self._spawn(self._sample_time())
         decision_id, _ = self._late.ticket()
@@ -395,6 +425,9 @@ class RedisStore:
         args: list[Any] = [MARKER_TTL_MS]
         for charge in charges:
             keys.append(self._base(account_id, charge))
+            if charge.rate is not None:  # its TAT moves back by what the decision took
+                args += ["rate", charge.cost * charge.rate.emission_us, 0]
+                continue
             args += [charge.period or "", charge.cost, 1 if charge.history_ttl else 0]
         await self._script("void", keys, args)
 
@@ -434,7 +467,10 @@ class RedisStore:
         if not charges:
             return ()
         keys = [self._base(account_id, charge) for charge in charges]
-        args = [self._now(), *(charge.period or "" for charge in charges)]
+        args = [
+            self._now(),
+            *("rate" if c.rate is not None else c.period or "" for c in charges),
+        ]
         return self._states(await self._script("peek", keys, args), charges)
 
     async def read(self, account_id: str, keys: Sequence[str]) -> list[int]:

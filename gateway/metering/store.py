@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.policy.model import Period
+from gateway.policy.model import Period, Rate
 
 #: the sources a unit can be paid from, in the order a decision draws on them
 SOURCES = ("allowance", "package", "overage")
@@ -39,6 +39,9 @@ class Charge:
     #: counters only: units a process leases at a time and admits from locally (leases.py);
     #: 0: decided by the store per request
     lease: int = 0
+    #: a rate meter's charge (``scope_id`` names its key, ``limit`` is the burst): checked
+    #: by GCRA in the same decision (gateway/metering/rates.py); period is None
+    rate: Rate | None = None
 
     @property
     def capacity(self) -> int | None:
@@ -61,6 +64,9 @@ class MeterState:
     from_overage: int = 0
     meter: str = ""  # the charge's meter, naming the quota in RateLimit headers
     period: Period | None = None  # the charge's window kind
+    #: a rate meter's state: ``used`` is the units of the burst in use, ``limit`` the burst
+    #: and ``reset_at`` when the bucket is full again (gateway/metering/rates.py)
+    rate: Rate | None = None
 
     @property
     def capacity(self) -> int | None:
@@ -106,11 +112,13 @@ class Store(Protocol):
         """Check every charge and apply all of them, or none.
 
         Admitted when, for every charge with a limit and overage off,
-        ``used + cost <= limit + package`` in the charge's current window; then every
-        charge's usage grows by its cost. Refused otherwise, with nothing changed and
-        ``refused`` naming the first charge over. Exact under any concurrency: two callers
-        can never both take the last unit. A counter's window key is created with an
-        expiry; one round trip on remote stores.
+        ``used + cost <= limit + package`` in the charge's current window, and every rate
+        charge fits its bucket (GCRA, gateway/metering/rates.py); then every charge's usage
+        grows by its cost and every rate charge's bucket gives its cost. When both a quota
+        and a rate refuse, ``refused`` names the quota (waiting would not help). Refused
+        otherwise, with nothing changed and ``refused`` naming the first charge over.
+        Exact under any concurrency: two callers can never both take the last unit. A
+        counter's window key is created with an expiry; one round trip on remote stores.
 
         The ledger: for a limited counter, the units a decision adds are attributed in
         order to the allowance (positions up to ``limit``), packages (up to

@@ -158,6 +158,8 @@ def parse_billing(
                     f"unknown meter; meters are: {', '.join(meters)}"
                     + did_you_mean(meter_name, meters)
                 )
+            if meter.kind == "rate":
+                raise meter_node.fail("a package adds to a quota; a rate comes with the tier")
             packages[kind] = {}
             for size, size_node in kind_node.child("sizes").items():
                 if not _SIZE_NAME.fullmatch(size):

@@ -25,7 +25,7 @@ Row = tuple[str, str, str, str]
 #: derived from another field, or the file itself rather than what it says
 _SKIPPED = frozenset({"regex", "file", "digest"})
 #: what the per-tier rows already show
-_PER_TIER = frozenset({"limits", "leases", "features", "responses", "shadow"})
+_PER_TIER = frozenset({"limits", "rates", "leases", "features", "responses", "shadow"})
 _ROUTE_PER_TIER = frozenset({"methods", "pattern", "deny_tiers", "features", "consume", "shadow"})
 _EXAMPLES = 2
 
@@ -207,6 +207,9 @@ def _present(tier: Tier | None) -> str:
 def _limit(tier: Tier, meter: str, defined: bool) -> str:
     if not defined:
         return ABSENT
+    if meter in tier.rates:  # a rate meter: its rate and burst, compared like any limit
+        rate = tier.rates[meter]
+        return "unlimited" if rate is None else rate.text()
     limit = tier.limit(meter)
     return "unlimited" if limit is None else f"{limit:,}"
 

@@ -51,6 +51,7 @@ def lint(policy: Policy, source: Source, handlers: Collection[str] | None = None
     _near_misses(policy, add)
     _limits(policy, source, add)
     _leases(policy, add)
+    _rates(policy, add)
     _unused(policy, add)
     if handlers is not None:
         _handlers(policy, handlers, add)
@@ -319,6 +320,22 @@ def _unused(policy: Policy, add: Add) -> None:
                 "consume it on a route, or mark it reported: true if only the upstream's "
                 "X-Gateway-Usage reports count it",
             )
+
+
+def _rates(policy: Policy, add: Add) -> None:
+    """A route costing more of a rate than a tier's burst is refused for that tier always."""
+    for index, route in enumerate(policy.routes):
+        for meter_name, cost in route.consume:
+            for tier in policy.tiers.values():
+                rate = tier.rates.get(meter_name)
+                if rate is not None and cost > rate.burst and tier.name not in route.deny_tiers:
+                    add(
+                        "error",
+                        ("routes", index, "consume", meter_name),
+                        f"route {route.name} costs {cost} of {meter_name}, more than tier "
+                        f"{tier.name}'s burst of {rate.burst}: every request is refused",
+                        f"lower the cost, or give tier {tier.name} a burst of {cost} or more",
+                    )
 
 
 def _handlers(policy: Policy, handlers: Collection[str], add: Add) -> None:

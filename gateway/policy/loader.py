@@ -17,12 +17,14 @@ from gateway.policy.model import (
     Meter,
     PathMatching,
     Policy,
+    Rate,
     Route,
     ServiceCaps,
     Template,
     Tier,
 )
 from gateway.policy.names import did_you_mean
+from gateway.policy.rates import meter_rate, tier_rate
 from gateway.policy.source import ConfigError, Node, describe, load_source, parse_source, root
 from gateway.policy.templates import check_template
 
@@ -212,10 +214,21 @@ def _check_name(parent: Node, key: str, what: str, pattern: re.Pattern[str] = _N
 def _meter(key: str, node: Node) -> Meter:
     _check_name(Node(node.source, node.path[:-1], None), key, "meter")
     node.mapping(
-        allowed={"kind", "period", "scope", "title", "label", "unit", "display_unit", "reported"},
+        allowed={
+            "kind",
+            "period",
+            "scope",
+            "title",
+            "label",
+            "unit",
+            "display_unit",
+            "reported",
+            "rate",
+            "burst",
+        },
         required={"kind", "scope"},
     )
-    kind = node.child("kind").str(choices=("counter", "gauge"))
+    kind = node.child("kind").str(choices=("counter", "gauge", "rate"))
     period_node = node.get("period")
     if kind == "counter":
         if period_node is None:
@@ -223,9 +236,30 @@ def _meter(key: str, node: Node) -> Meter:
         period = period_node.str(choices=("day", "month"))
     else:
         if period_node is not None:
-            raise period_node.fail("a gauge counts live resources and has no period")
+            raise period_node.fail(
+                "a gauge counts live resources and has no period"
+                if kind == "gauge"
+                else "a rate meter's period is in its rate (rate: 20/s)"
+            )
         period = None
-    scope = node.child("scope").str(choices=("account", "project"))
+    rate = None
+    if kind == "rate":
+        scope = node.child("scope").str(choices=("key", "project", "account", "client"))
+        rate = meter_rate(node)
+        for field in ("reported", "display_unit"):
+            if (extra := node.get(field)) is not None:
+                raise extra.fail(f"a rate meter has no {field}: it counts requests as they come")
+    else:
+        for field in ("rate", "burst"):
+            if (extra := node.get(field)) is not None:
+                raise extra.fail(f"only a rate meter (kind: rate) has a {field}")
+        scope_node = node.child("scope")
+        if scope_node.value in ("key", "client"):
+            raise scope_node.fail(
+                f"scope {scope_node.value} is for rate meters (kind: rate); a quota belongs to "
+                "an account or a project"
+            )
+        scope = scope_node.str(choices=("account", "project"))
     title = _text(node, "title", key.replace("_", " ").capitalize())
     label = _text(node, "label", title)
     unit = _text(node, "unit", "units")
@@ -245,6 +279,7 @@ def _meter(key: str, node: Node) -> Meter:
         unit=unit,
         display_unit=display_unit,
         reported=_flag(node, "reported"),
+        rate=rate,
     )
 
 
@@ -347,17 +382,29 @@ def _tier(
     )
     limits_node = node.child("limits")
     limits: dict[str, int | None] = {}
+    rates: dict[str, Rate | None] = {
+        name: meter.rate for name, meter in meters.items() if meter.rate is not None
+    }
     for meter_name, limit_node in limits_node.items():
         meter = meters.get(meter_name)
         if meter is None:
             raise limit_node.fail(
                 f"unknown meter; meters are: {', '.join(meters)}" + did_you_mean(meter_name, meters)
             )
-        limits[meter_name] = parse_limit(limit_node, meter)
-    for meter_name in meters:
-        if meter_name not in limits:
+        if meter.kind == "rate":
+            rates[meter_name] = tier_rate(limit_node, meter)
+        else:
+            limits[meter_name] = parse_limit(limit_node, meter)
+    for meter_name, meter in meters.items():
+        if meter_name not in limits and meter_name not in rates:
             raise limits_node.fail(
-                f'missing a limit for meter {meter_name!r} (a number or "unlimited")'
+                f"missing a limit for meter {meter_name!r} ("
+                + (
+                    'a rate such as 10/s, or "unlimited"; or give the meter a default rate'
+                    if meter.kind == "rate"
+                    else 'a number or "unlimited"'
+                )
+                + ")"
             )
     enabled: set[str] = set()
     features_node = node.get("features", [])
@@ -399,6 +446,7 @@ def _tier(
         store_failure_mode=mode,
         shadow=_shadow(node),
         leases=_leases(node, meters, limits),
+        rates=rates,
     )
 
 
@@ -436,6 +484,11 @@ def _responses(
         if subject:
             if decision == "quota_exceeded" and subject not in meters:
                 raise item.fail(f"unknown meter {subject!r}" + did_you_mean(subject, meters))
+            if decision == "quota_exceeded" and meters[subject].kind == "rate":
+                raise item.fail(
+                    f"{subject} is a rate meter: its refusal is the gateway's RATE_LIMITED "
+                    "answer, not a template"
+                )
             if decision == "feature_unavailable" and subject not in features:
                 raise item.fail(f"unknown feature {subject!r}" + did_you_mean(subject, features))
             if decision == "tier_forbidden" and subject not in routes:

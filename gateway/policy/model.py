@@ -12,9 +12,10 @@ from gateway.errors import BadRequest
 if TYPE_CHECKING:
     from gateway.policy.billing import Billing
 
-MeterKind = Literal["counter", "gauge"]
+MeterKind = Literal["counter", "gauge", "rate"]
 Period = Literal["day", "month"]
-Scope = Literal["account", "project"]
+#: key and client scope only rate meters: a quota belongs to an account or a project
+Scope = Literal["account", "project", "key", "client"]
 Refund = Literal["unanswered", "never"]
 #: what a tier's requests get while the store is unreachable (see gateway/metering/guard.py)
 FailureMode = Literal["closed", "open"]
@@ -26,8 +27,37 @@ DECISIONS = ("quota_exceeded", "feature_unavailable", "tier_forbidden")
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """A short-window rate limit held by GCRA (gateway/metering/rates.py): ``count``
+    requests per ``seconds`` on average, at most ``burst`` at once from a full bucket."""
+
+    count: int
+    seconds: int  # 1, 60 or 3600: the period the rate was written with
+    burst: int
+
+    @property
+    def emission_us(self) -> int:
+        """The emission interval (one unit back every so many microseconds), whole
+        microseconds so memory and Redis do the same exact integer arithmetic."""
+        return max(round(self.seconds * 1_000_000 / self.count), 1)
+
+    @property
+    def per(self) -> str:
+        return RATE_PERIODS[self.seconds]
+
+    def text(self) -> str:
+        """``10/s burst 20``, as `policy show` and `policy diff` print it."""
+        return f"{self.count:,}/{self.per} burst {self.burst:,}"
+
+
+#: a rate's period in seconds -> how it is written
+RATE_PERIODS = {1: "s", 60: "min", 3600: "h"}
+
+
+@dataclass(frozen=True, slots=True)
 class Meter:
-    """A quantity the gateway counts: calls over a calendar window, or a live count."""
+    """A quantity the gateway counts: calls over a calendar window, a live count, or a
+    short-window rate (``kind: rate``)."""
 
     name: str
     kind: MeterKind
@@ -39,6 +69,8 @@ class Meter:
     display_unit: str | None = None  # bytes only: "MB", "GB"
     # counted from the upstream's X-Gateway-Usage reports, so no route needs to consume it
     reported: bool = False
+    # rate meters only: the rate a tier gets when its limits do not name this meter
+    rate: Rate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +97,7 @@ class Tier:
     name: str
     title: str
     rank: int  # position in the file: lower is cheaper
-    limits: Mapping[str, int | None]  # meter -> limit, None = unlimited
+    limits: Mapping[str, int | None]  # meter -> limit, None = unlimited (quota meters)
     features: frozenset[str]
     attributes: Mapping[str, str]  # display-only rows: price, support, SLA, ...
     responses: Mapping[str, Template]
@@ -74,6 +106,8 @@ class Tier:
     shadow: bool = False
     #: counter -> units a gateway process leases at a time (hot accounts; metering/leases.py)
     leases: Mapping[str, int] = field(default_factory=dict)
+    # rate meter -> its rate for this tier, None = unlimited (never in ``limits``)
+    rates: Mapping[str, Rate | None] = field(default_factory=dict)
 
     def limit(self, meter: str) -> int | None:
         return self.limits.get(meter)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from gateway.policy.model import Meter, Policy
+from gateway.policy.rates import format_rate
 
 _UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
 
@@ -34,7 +35,10 @@ def tier_table(policy: Policy) -> str:
         if row in policy.meters:
             meter = policy.meters[row]
             title = meter.title
-            cells = [format_limit(meter, t.limit(row)) for t in tiers]
+            if meter.kind == "rate":
+                cells = [format_rate(t.rates.get(row)) for t in tiers]
+            else:
+                cells = [format_limit(meter, t.limit(row)) for t in tiers]
         elif row in policy.features:
             feature = policy.features[row]
             title = feature.title

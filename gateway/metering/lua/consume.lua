@@ -51,6 +51,49 @@ local n = #KEYS
 local width = 7
 local first = 8 -- ARGV index before the first charge's fields
 
+-- ==== GCRA: rate meters (gateway/metering/rates.py has the same arithmetic) =============
+-- Rate charges come after every quota charge (redis_store.py orders them so), with fields
+-- "rate", cost, emission interval (microseconds), burst, and KEYS[i] their exact key
+-- (keys.rate_key), holding one number: the theoretical arrival time (TAT), in whole
+-- microseconds. `n` is cut to the quota charges, so the quota loops below never see them.
+-- Reply per rate charge: key, TAT (after, if admitted), this decision's now (microseconds),
+-- 0, 0. Checked after the quotas, applied only if every charge fits.
+local rate_from = n + 1
+while rate_from > 1 and ARGV[first + (rate_from - 2) * width + 1] == "rate" do
+  rate_from = rate_from - 1
+end
+n = rate_from - 1
+local now_us = math.floor(now * 1000000 + 0.5)
+local rate_after = {}
+local function rates_check(out, refused)
+  for i = rate_from, #KEYS do
+    local at, o = first + (i - 1) * width, 2 + (i - 1) * 5
+    local emission = tonumber(ARGV[at + 3])
+    local tat = math.max(tonumber(redis.call("GET", KEYS[i]) or "0"), now_us)
+    local after = tat + tonumber(ARGV[at + 2]) * emission
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = KEYS[i], tat, now_us, 0, 0
+    if after - now_us > tonumber(ARGV[at + 4]) * emission then
+      if refused < 0 then refused = i - 1 end
+    else
+      rate_after[i] = after
+    end
+  end
+  return refused
+end
+-- A key is kept until its bucket is full again: then a missing key means the same. Under a
+-- caller's clock (ARGV[1], tests' FakeClock) Redis still expires keys in its own time, so
+-- they are kept at least a minute there, lest real time empty a bucket fake time filled.
+local rate_min_ttl = ARGV[1] == "" and 1 or 60000
+local function rates_apply(out)
+  for i = rate_from, #KEYS do
+    local after = rate_after[i]
+    redis.call("SET", KEYS[i], string.format("%.0f", after),
+      "PX", math.max(math.ceil((after - now_us) / 1000), rate_min_ttl))
+    out[2 + (i - 1) * 5 + 2] = after
+  end
+end
+-- ==== end GCRA =========================================================================
+
 -- period -> {suffix, reset}, filled on first use
 local windows = {[""] = {"", -1}}
 local guesses = {month = 3, day = 6}
@@ -113,7 +156,9 @@ for i = 1, n do
   end
 end
 
+refused = rates_check(out, refused)
 if refused < 0 then
+  rates_apply(out)
   for i = 1, n do
     local at, o = first + (i - 1) * width, 2 + (i - 1) * 5
     local period, cost = ARGV[at + 1], tonumber(ARGV[at + 2])

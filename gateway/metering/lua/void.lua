@@ -6,7 +6,9 @@
 -- - it has not run yet (a frozen server holds it) or was refused: nothing to give back;
 -- either way the marker becomes a tombstone ("void"), so a copy still queued applies nothing.
 -- KEYS[1]: the marker (keys.decision_key); KEYS[1 + i]: base key of charge i.
--- ARGV[1]: tombstone ttl (ms); then per charge: period, cost, history (1|0).
+-- ARGV[1]: tombstone ttl (ms); then per charge: period, cost, history (1|0). A rate charge
+-- (period "rate", KEYS[1 + i] its exact key) gives back cost times its emission interval:
+-- its TAT moves back as release.lua moves it (never below zero: at or before now is full).
 local decided = redis.call("GET", KEYS[1])
 redis.call("SET", KEYS[1], "void", "PX", tonumber(ARGV[1]))
 if not decided or decided == "void" then
@@ -26,7 +28,7 @@ end
 for i = 2, #KEYS do
   local at = 2 + (i - 2) * 3
   local period, cost = ARGV[at], tonumber(ARGV[at + 1])
-  local key = resolve(KEYS[i], period, now)
+  local key = period == "rate" and KEYS[i] or resolve(KEYS[i], period, now)
   if take(key, cost) < cost then
     take(key .. ":package", take(key .. ":overage", cost))
   end
