@@ -16,6 +16,7 @@ from gateway.metering.keys import meter_key
 from gateway.metering.windows import window
 from tests.conftest import ROOT, Upstream
 from tests.gateway_process import Served, serve_gateway
+from tests.policies import strip_rates
 from tests.redis_servers import RedisServer
 
 WORKERS = 4
@@ -24,13 +25,15 @@ REMAINING = 300  # of the anonymous tier's 1,000 Logic Engine calls
 
 
 def leased_policy(tmp_path: Path) -> Path:
-    """The shipped AgentStack policy with the anonymous tier's two call counters leased."""
+    """The shipped AgentStack policy with the anonymous tier's two call counters leased,
+    without its request rate: a limited rate keeps a request off the lease (and would
+    refuse most of the race first)."""
     text = (ROOT / "policies" / "agentstack.yaml").read_text()
     anonymous = "  anonymous:\n    title: Anonymous\n"
     assert anonymous in text
     leases = f"    leases: {{logic_engine_calls: {LEASE}, api_calls: {LEASE}}}\n"
     path = tmp_path / "leased.yaml"
-    path.write_text(text.replace(anonymous, anonymous + leases, 1))
+    path.write_text(strip_rates(text.replace(anonymous, anonymous + leases, 1)))
     return path
 
 

@@ -156,7 +156,9 @@ def parse_source(text: str, file: str = "<string>") -> Source:
         raise ConfigError(file, at, (), problem) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
+        # libyaml puts an error at the end of input on the line after a last line that has
+        # no newline; name the file's last line instead
+        line = min(mark.line + 1, text.count("\n") + 1) if mark else None
         problem = f"invalid YAML: {exc.problem or exc}"
         if exc.problem == "exceeded maximum nesting depth":  # libyaml's own bound, past ours
             problem = f"invalid YAML: the document nests deeper than {MAX_DEPTH} levels"
