@@ -241,3 +241,24 @@ async def test_a_kept_alive_connection_dropped_under_a_request_is_502_never_a_re
         (b"PUT", 0),
     ]
     assert len(wire.raw) == 1  # no second connection carried a copy
+
+
+async def test_interim_answers_are_skipped_and_the_final_one_relayed(
+    make_gateway: GatewayFactory, wire: WireUpstream
+) -> None:
+    async def interim(seen: Seen) -> Out:
+        if seen.line.startswith(b"GET /api/logic/hints"):
+            return Out(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Final: yes\r\n\r\nfinal"
+            )
+        return Out(OK)
+
+    wire.answer = interim
+    gw, key = await gateway_on(make_gateway, wire)
+    answer = await send_raw(gw.client.port, get("/api/logic/hints", key))
+    assert (answer.status, answer.body, answer.headers.get("x-final")) == (200, b"final", "yes")
+    assert "link" not in answer.headers
+    await settled(gw)
+    assert (await send_raw(gw.client.port, get("/api/logic/next", key))).status == 200
+    assert [seen.connection for seen in wire.seen] == [0, 0]
