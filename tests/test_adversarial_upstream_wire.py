@@ -262,3 +262,17 @@ async def test_interim_answers_are_skipped_and_the_final_one_relayed(
     await settled(gw)
     assert (await send_raw(gw.client.port, get("/api/logic/next", key))).status == 200
     assert [seen.connection for seen in wire.seen] == [0, 0]
+
+
+async def test_a_switch_of_protocols_nobody_asked_for_is_502(
+    make_gateway: GatewayFactory, wire: WireUpstream
+) -> None:
+    async def switch(_: Seen) -> Out:
+        return Out(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
+        )
+
+    wire.answer = switch
+    gw, key = await gateway_on(make_gateway, wire)
+    assert (await send_raw(gw.client.port, get("/api/logic/up", key))).status == 502
+    await asyncio.wait_for(wire.closed[0].wait(), 10)

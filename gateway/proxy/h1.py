@@ -164,7 +164,10 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status == 101:
+            # the proxy never asks an upstream to switch protocols (WebSockets go elsewhere)
+            raise ProtocolError("the upstream switched protocols unasked")
+        if 100 <= status < 200:
             # an interim answer: the final one follows on the same parser
             self._raw, self._reason, self._length, self._chunked = [], b"", False, False
             return
