@@ -276,3 +276,23 @@ async def test_a_switch_of_protocols_nobody_asked_for_is_502(
     gw, key = await gateway_on(make_gateway, wire)
     assert (await send_raw(gw.client.port, get("/api/logic/up", key))).status == 502
     await asyncio.wait_for(wire.closed[0].wait(), 10)
+
+
+async def test_bytes_after_a_complete_answer_never_become_the_next_ones(
+    make_gateway: GatewayFactory, wire: WireUpstream
+) -> None:
+    async def desync(seen: Seen) -> Out:
+        if seen.line.startswith(b"GET /api/logic/first"):
+            return Out(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+        return Out(OK)
+
+    wire.answer = desync
+    gw, key = await gateway_on(make_gateway, wire)
+    first = await send_raw(gw.client.port, get("/api/logic/first", key))
+    assert (first.status, first.body) == (200, b"ok")
+    await asyncio.wait_for(wire.closed[0].wait(), 10)  # the connection was dropped
+    await settled(gw)
+    assert decisions(gw, "upstream_broken") == 0  # the first answer itself was whole
+    after = await send_raw(gw.client.port, get("/api/logic/next", key))
+    assert (after.status, after.body) == (200, b"ok")
+    assert [seen.connection for seen in wire.seen] == [0, 1]

@@ -91,13 +91,14 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         if self._parser is not None and not self._done:
-            if self._headed and self._close_delimited:
+            if self._headed and self._close_delimited and exc is None:
                 self._done = True  # the upstream's close is how this body ends
             else:
                 where = "mid-body" if self._headed else "before answering"
                 self._fail(Disconnected(f"the upstream closed the connection {where}"))
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(Disconnected("the upstream closed while being written to"))
+            self._drain.exception()  # raised by drain if a writer still waits; never logged
         self._wake()
 
     def pause_writing(self) -> None:
@@ -111,11 +112,9 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None or self._done:
-            # bytes nobody asked for (idle, or after a complete response): never trust the
-            # connection's framing again
-            self.reusable = False
-            if parser is None and self.transport is not None:
-                self.transport.close()
+            # bytes nobody asked for (idle, or after a complete response): the connection's
+            # framing cannot be trusted again; what was read stays readable
+            self.close()
             return
         self._last = self._loop.time()
         if not self._headed:
@@ -125,13 +124,13 @@ class Connection(asyncio.Protocol):
                 return
         try:
             parser.feed_data(data)
-        except _Stop:
-            self.reusable = False
         except httptools.HttpParserUpgrade:
             self._abort(ProtocolError("the upstream switched protocols unasked"))
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            if isinstance(cause, UpstreamError):
+            if isinstance(cause, _Stop):
+                self.close()  # after a complete answer: it stands, the connection does not
+            elif isinstance(cause, UpstreamError):
                 self._abort(cause)
             else:
                 self._abort(ProtocolError(f"the upstream's response is malformed: {exc}"))
@@ -253,10 +252,10 @@ class Connection(asyncio.Protocol):
     async def readany(self) -> bytes:
         """The next piece of the body as it arrived, ``b""`` at its end."""
         while not self._chunks:
-            if self._error is not None:
-                raise self._error
             if self._done:
                 return b""
+            if self._error is not None:
+                raise self._error
             self._waiter = self._loop.create_future()
             try:
                 await self._timed(self._waiter)
