@@ -98,9 +98,17 @@ def main() -> None:
         help="also run the gateway from this checkout (e.g. a clone at the commit before a "
         "change), so before and after are measured in one run",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every target once per round, rounds interleaved, and keep each figure's "
+        "median: a burst of load from elsewhere then lands on one round of every target",
+    )
     options = parser.parse_args()
     measure = {"connections": options.connections, "seconds": options.seconds}
-    results: dict[str, Result] = {}
+    # label -> url and headers, measured in this order every round
+    loads: dict[str, tuple[str, dict[str, str]]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp) / "redis").start()
         stack.callback(redis.kill)
@@ -111,13 +119,12 @@ def main() -> None:
         stack.enter_context(
             process("-m", "bench.bare_proxy", str(bare_port), upstream, wait_url=bare)
         )
-        # warm each target briefly, then measure; all in this one run
-        run(bare + PATH, {}, connections=4, seconds=1)
-        results["bare aiohttp proxy"] = run(bare + PATH, {}, **measure)
+        loads["bare aiohttp proxy"] = (bare + PATH, {})
         if available() is not None:
-            with nginx(free_port(), f"127.0.0.1:{up_port}", Path(tmp) / "nginx") as base:
-                run(base + PATH, {}, connections=4, seconds=1)
-                results["nginx reverse proxy"] = run(base + PATH, {}, **measure)
+            base = stack.enter_context(
+                nginx(free_port(), f"127.0.0.1:{up_port}", Path(tmp) / "nginx")
+            )
+            loads["nginx reverse proxy"] = (base + PATH, {})
         trees = [("", ROOT)]
         if options.baseline:
             trees.insert(0, (" (baseline)", Path(options.baseline).resolve()))
@@ -128,11 +135,31 @@ def main() -> None:
         ]
         for label, store, root in targets:
             args, proxy, admin_base = gateway(store, upstream)
-            with process(*args, wait_url=admin_base + "/healthz", root=root):
-                headers = provision(admin_base)
-                run(proxy + PATH, headers, connections=4, seconds=1)
-                results[label] = run(proxy + PATH, headers, **measure)
+            stack.enter_context(process(*args, wait_url=admin_base + "/healthz", root=root))
+            loads[label] = (proxy + PATH, provision(admin_base))
+        # every target runs for the whole measurement (idle while another is loaded); each is
+        # warmed briefly, then measured once per round
+        for url, headers in loads.values():
+            run(url, headers, connections=4, seconds=1)
+        runs: dict[str, list[Result]] = {label: [] for label in loads}
+        for _ in range(options.rounds):
+            for label, (url, headers) in loads.items():
+                runs[label].append(run(url, headers, **measure))
+    results = {label: _median(found) for label, found in runs.items()}
     print_table(results, options.connections)
+
+
+def _median(results: list[Result]) -> Result:
+    def mid(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    return Result(
+        mid([r.requests_per_second for r in results]),
+        mid([r.p50_ms for r in results]),
+        mid([r.p99_ms for r in results]),
+        int(mid([float(r.non_2xx) for r in results])),
+        results[0].tool,
+    )
 
 
 def print_table(results: dict[str, Result], connections: int) -> None:
