@@ -14,8 +14,8 @@ import pytest
 
 from gateway.proxy.headers import HOP_BY_HOP
 from tests.adversarial import chunked, read_response, request_bytes, send_raw
-from tests.conftest import GatewayFactory, Harness
-from tests.wire import OK, Out, Seen, WireUpstream
+from tests.conftest import GatewayFactory
+from tests.wire import OK, Out, Seen, WireUpstream, decisions, gateway_on, get, settled
 
 STORES = ("memory", "redis")
 
@@ -25,32 +25,6 @@ async def wire() -> AsyncIterator[WireUpstream]:
     upstream = await WireUpstream().start()
     yield upstream
     upstream.close()
-
-
-async def gateway_on(make_gateway: GatewayFactory, wire: WireUpstream) -> tuple[Harness, str]:
-    gw = await make_gateway(upstreams=(("/", wire.url),))
-    return gw, await gw.key(await gw.account("anonymous"))
-
-
-def get(target: str, key: str, method: str = "GET") -> bytes:
-    return request_bytes(method, target, {"Authorization": f"Bearer {key}", "Connection": "close"})
-
-
-async def settled(gw: Harness) -> None:
-    """Until no request is in hand: every exchange, its connection's return included, ended."""
-    registry = gw.gateway.metrics.registry
-    for _ in range(200):  # bounded: 10 s
-        if not registry.get_sample_value("gateway_in_flight_requests"):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("requests still in flight")
-
-
-def decisions(gw: Harness, outcome: str) -> float:
-    value = gw.gateway.metrics.registry.get_sample_value(
-        "gateway_decisions_total", {"tier": "anonymous", "route": "logic", "outcome": outcome}
-    )
-    return value or 0.0
 
 
 async def test_each_request_arrives_once_with_its_exact_target_and_no_hop_by_hop_header(

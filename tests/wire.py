@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
+from tests.adversarial import request_bytes
+from tests.conftest import GatewayFactory, Harness
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
@@ -56,6 +59,8 @@ class WireUpstream:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     closed: list[asyncio.Event] = field(default_factory=list)
     server: asyncio.Server | None = None
+    #: when set, a request's body is read only once this event is set
+    hold_body: asyncio.Event | None = None
 
     scheme: str = "http"
 
@@ -89,6 +94,8 @@ class WireUpstream:
                     raw += exc.partial
                     return
                 raw += head
+                if self.hold_body is not None:
+                    await self.hold_body.wait()
                 body = await self._body(reader, head, raw)
                 seen = Seen(head[:-4], body, index)
                 self.seen.append(seen)
@@ -126,3 +133,29 @@ class WireUpstream:
             if size == 0:
                 return body
             body += data[:-2]
+
+
+async def gateway_on(make_gateway: GatewayFactory, wire: WireUpstream) -> tuple[Harness, str]:
+    gw = await make_gateway(upstreams=(("/", wire.url),))
+    return gw, await gw.key(await gw.account("anonymous"))
+
+
+def get(target: str, key: str, method: str = "GET") -> bytes:
+    return request_bytes(method, target, {"Authorization": f"Bearer {key}", "Connection": "close"})
+
+
+async def settled(gw: Harness) -> None:
+    """Until no request is in hand: every exchange, its connection's return included, ended."""
+    registry = gw.gateway.metrics.registry
+    for _ in range(200):  # bounded: 10 s
+        if not registry.get_sample_value("gateway_in_flight_requests"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("requests still in flight")
+
+
+def decisions(gw: Harness, outcome: str) -> float:
+    value = gw.gateway.metrics.registry.get_sample_value(
+        "gateway_decisions_total", {"tier": "anonymous", "route": "logic", "outcome": outcome}
+    )
+    return value or 0.0
