@@ -12,9 +12,9 @@ Candidates:
 - ``aiohttp``: the ClientSession exactly as gateway/app.py builds it and as
   gateway/proxy/forward.py calls it (timeouts, no redirects, no compression, no auto headers,
   no cookie jar, its re-send turned off), the body read with ``content.readany()``;
-- ``httptools``: a pooled keep-alive HTTP/1.1 client on asyncio protocols with the llhttp
-  parser (httptools), written here as the smallest honest version of what
-  gateway/proxy would need (flow control both ways, reuse only after a complete response);
+- ``gateway UpstreamClient``: the proxy's own pooled keep-alive HTTP/1.1 client
+  (gateway/proxy/upstream.py, on asyncio protocols and the llhttp parser), exactly as the
+  forwarder calls it;
 - ``pyreqwest``: the Rust (reqwest/hyper) client, when it is installed.
 
 Every candidate runs in this one process on the event loop `gateway serve` uses, against the
@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,179 +98,6 @@ def serve(port: int) -> None:
         loop.run_forever()
     finally:
         server.close()
-
-
-# --- candidate (b): a pooled keep-alive client on asyncio protocols and llhttp ---------------
-
-
-class _Connection(asyncio.Protocol):
-    HIGH = 256 * 1024  # pause reading the upstream past this much unread body
-
-    def __init__(self, pool: deque[_Connection]) -> None:
-        import httptools
-
-        self._pool = pool
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self._head: asyncio.Future[int] | None = None
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
-        self._complete = False
-        self._error: BaseException | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.usable = True
-
-    # transport callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.usable = False
-        if not self._complete:
-            self._fail(exc or ConnectionResetError("the upstream closed the connection"))
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(ConnectionResetError("closed while writing"))
-
-    def pause_writing(self) -> None:
-        self._drain = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except Exception as exc:
-            self._fail(exc)
-            assert self.transport is not None
-            self.transport.close()
-
-    # parser callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if 100 <= status < 200:
-            self.headers = []  # an informational answer: the real one follows
-            return
-        if self._head is not None and not self._head.done():
-            self._head.set_result(status)
-
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > self.HIGH and self.transport is not None:
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if 100 <= self._parser.get_status_code() < 200:
-            return
-        self._complete = True
-        if not self._parser.should_keep_alive():
-            self.usable = False
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _fail(self, exc: BaseException) -> None:
-        self._error = exc
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(exc)
-        self._wake()
-
-    # the caller's side
-    async def send(self, head: bytes, body: AsyncIterator[bytes] | None) -> int:
-        assert self.transport is not None
-        self._head = self._loop.create_future()
-        self.transport.write(head)
-        if body is not None:
-            async for chunk in body:
-                self.transport.write(chunk)
-                if self._drain is not None:
-                    await self._drain
-        return await self._head
-
-    async def read(self) -> bytes:
-        """The next piece of body, b"" at its end."""
-        while not self._chunks:
-            if self._complete:
-                self._finish()
-                return b""
-            if self._error is not None:
-                raise self._error
-            self._waiter = self._loop.create_future()
-            await self._waiter
-            self._waiter = None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._buffered <= self.HIGH and self.transport is not None:
-            self.transport.resume_reading()
-        return chunk
-
-    def _finish(self) -> None:
-        # reused only after the whole response was read, and only if both sides keep it
-        if self.usable and self.transport is not None and not self.transport.is_closing():
-            self._head = None
-            self._complete = False
-            self.headers = []
-            self._pool.append(self)
-
-    def abandon(self) -> None:
-        self.usable = False
-        if self.transport is not None:
-            self.transport.close()
-
-
-class ProtocolClient:
-    def __init__(self, host: str, port: int) -> None:
-        self._host, self._port = host, port
-        self._idle: deque[_Connection] = deque()
-        self._authority = f"Host: {host}:{port}\r\n".encode()
-
-    async def _connection(self) -> _Connection:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.usable and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            lambda: _Connection(self._idle), self._host, self._port
-        )
-        return conn
-
-    async def request(
-        self,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        body: AsyncIterator[bytes] | None = None,
-        length: int | None = None,
-    ) -> tuple[int, _Connection]:
-        lines = [f"{method} {target} HTTP/1.1\r\n".encode(), self._authority]
-        lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()]
-        if body is not None:
-            lines.append(f"Content-Length: {length}\r\n".encode())
-        lines.append(b"\r\n")
-        conn = await self._connection()
-        try:
-            status = await conn.send(b"".join(lines), body)
-        except BaseException:
-            conn.abandon()
-            raise
-        return status, conn
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().abandon()
 
 
 # --- the harness -----------------------------------------------------------------------------
@@ -376,22 +202,30 @@ async def aiohttp_candidate(base: str) -> tuple[Exchange, Exchange, Callable[[],
     return get, post, session.close
 
 
-async def protocol_candidate(
+async def gateway_candidate(
     base: str,
 ) -> tuple[Exchange, Exchange, Callable[[], Awaitable[None]]]:
-    host, port = base.removeprefix("http://").split(":")
-    client = ProtocolClient(host, int(port))
+    from multidict import CIMultiDict
+    from yarl import URL
+
+    from gateway.proxy.pool import Target
+    from gateway.proxy.upstream import UpstreamClient
+
+    client = UpstreamClient(limit=100, idle_seconds=30, connect_timeout=5, read_timeout=30)
+    target = Target(URL(base))
 
     async def call(method: str, body: AsyncIterator[bytes] | None, length: int | None) -> int:
-        status, conn = await client.request(method, PATH, HEADERS, body, length)
-        _expect_ok(status)
+        headers = CIMultiDict(HEADERS)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        response = await client.request(method, target, PATH, headers, body)
+        _expect_ok(response.status)
         moved = 0
         try:
-            while chunk := await conn.read():
+            while chunk := await response.content.readany():
                 moved += len(chunk)
-        except BaseException:
-            conn.abandon()
-            raise
+        finally:
+            response.release()
         return moved + (length or 0)
 
     async def get() -> int:
@@ -457,7 +291,7 @@ async def pyreqwest_candidate(
 
 CANDIDATES: dict[str, Callable[[str], Awaitable[Any]]] = {
     "aiohttp ClientSession": aiohttp_candidate,
-    "asyncio protocol + llhttp": protocol_candidate,
+    "gateway UpstreamClient": gateway_candidate,
     "pyreqwest": pyreqwest_candidate,
 }
 

@@ -297,6 +297,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
         write_timeout=settings.client_write_seconds,
         strip_headers=settings.method_override_headers,
         pool_size=settings.upstream_max_connections,
+        pool_idle_seconds=settings.pool_idle_seconds,
         trusted_proxies=settings.trusted_proxies,
         metrics=gateway.metrics,
     )
@@ -336,7 +337,8 @@ def proxy_app(gateway: Gateway) -> web.Application:
     app[PROXY_LISTENER] = ProxyListener(app, route, middlewares)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        # one session (and connection pool) for the whole app, never one per request
+        # forwarded requests go through the forwarder's own pooled client; this one session
+        # (and its pool) serves WebSocket handshakes and active health checks
         # an idle pooled connection is closed before the upstream's own keep-alive timeout
         # could close it under a request being written (0: never reuse one)
         idle = settings.pool_idle_seconds
@@ -380,6 +382,7 @@ def proxy_app(gateway: Gateway) -> web.Application:
             await cancel_and_wait(task)
         if log is not None:
             log.close()
+        forwarder.close()
         await session.close()
         await gateway.leases.close()  # unused leased units back to the store, best effort
         await gateway.store.close()

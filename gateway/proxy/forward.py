@@ -1,10 +1,12 @@
-"""The streaming forwarder: one client session, bodies streamed both ways, errors translated."""
+"""The streaming forwarder: one pooled upstream client, bodies streamed both ways, errors
+translated."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import math
+import sys
 import time
 from collections.abc import (
     AsyncIterator,
@@ -35,12 +37,19 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.proxy.expect import send_continue
+from gateway.proxy.h1 import (
+    ConnectFailed,
+    ConnectTimeout,
+    ReadTimeout,
+    UpstreamError,
+)
 from gateway.proxy.headers import (
     downstream_response_headers,
     header_family,
     upstream_request_headers,
 )
 from gateway.proxy.pool import CircuitOpen, Pool, Target
+from gateway.proxy.upstream import Response, UpstreamClient
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -141,10 +150,12 @@ class Forwarder:
         write_timeout: float = 60.0,
         strip_headers: Iterable[str] = (),
         pool_size: int = 0,
+        pool_idle_seconds: float = 4.0,
         trusted_proxies: Sequence[IpNetwork] = (),
         metrics: Metrics,
     ) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._upstreams = upstreams
         # labelled by the target's host:port: bounded by the config, free of any credentials
         self._observed = {
@@ -163,16 +174,16 @@ class Forwarder:
         # upstream's slowness
         self._pool_size = pool_size
         self._relaying = 0
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=connect_timeout,
-            sock_connect=connect_timeout,
-            sock_read=read_timeout,
-        )
+        # an idle pooled connection is closed before the upstream's own keep-alive timeout
+        # could close it under a request being written (0: never reuse one)
+        self._pool_idle = pool_idle_seconds
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._trusted = tuple(trusted_proxies)
 
     def attach(self, session: aiohttp.ClientSession) -> None:
-        """Use ``session`` (opened when the app starts) for every upstream request."""
+        """Open the upstream client; ``session`` (opened when the app starts) serves only
+        WebSocket handshakes and health checks, never a forwarded request."""
         # aiohttp re-sends a GET/PUT/DELETE/... once, silently, when the connection breaks
         # before the response: the upstream may then act twice on what the client sent
         # once, and be paid once. It has no public switch; refuse to run where the private
@@ -181,6 +192,17 @@ class Forwarder:
             raise RuntimeError("this aiohttp cannot turn off its re-send of idempotent requests")
         session._retry_connection = False
         self._session = session
+        self._client = UpstreamClient(
+            limit=self._pool_size or sys.maxsize,
+            idle_seconds=self._pool_idle,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+        )
+
+    def close(self) -> None:
+        """Close the idle upstream connections (when the app stops)."""
+        if self._client is not None:
+            self._client.close()
 
     @asynccontextmanager
     async def open(
@@ -193,7 +215,7 @@ class Forwarder:
         delivery: Delivery,
         body_meter: BodyMeter | None = None,
         route: str = "-",
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Response]:
         """Send the request upstream, at most once, and yield the response once its headers
         have arrived.
 
@@ -216,10 +238,13 @@ class Forwarder:
             await send_continue(request)
             if declared is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(declared)
-        if self._session is None:
+        client = self._client
+        if client is None:
             raise RuntimeError("Forwarder used before the app started")
         pool = upstream.pool
+        # the client's exact bytes after the path, the path as the route matched it
         query = request.raw_path.partition("?")[2]
+        path_qs = f"{path}?{query}" if query else path
         tried: list[Target] = []
         while True:
             try:
@@ -241,17 +266,8 @@ class Forwarder:
             started = time.perf_counter()
             delivery.sent = True
             try:
-                response = await self._session.request(
-                    request.method,
-                    upstream.url_for(target, path, query),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=self._timeout,
-                    compress=False,
-                    chunked=None,
-                )
-            except aiohttp.ConnectionTimeoutError as exc:
+                response = await client.request(request.method, target, path_qs, headers, data)
+            except ConnectTimeout as exc:
                 # no connection in time (pool slot or connect): not a byte was written
                 delivery.sent = False
                 if self._pool_size and self._relaying >= self._pool_size:
@@ -266,11 +282,11 @@ class Forwarder:
                 if self._another(pool, tried):
                     continue
                 raise UpstreamTimeout("the upstream did not accept a connection in time") from exc
-            except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
+            except ReadTimeout as exc:
                 pool.done(target, "failure")
                 observed.timeout.inc()
                 raise UpstreamTimeout("the upstream did not answer in time") from exc
-            except aiohttp.ClientConnectorError as exc:
+            except ConnectFailed as exc:
                 # refused, unreachable, or the TLS handshake failed: nothing was written, so
                 # another target may take the request (the refund's rule, the retry's rule)
                 delivery.sent = False
@@ -280,22 +296,21 @@ class Forwarder:
                 if self._another(pool, tried):
                     continue
                 raise UpstreamUnavailable("the upstream refused the connection") from exc
-            except aiohttp.ClientError as exc:
-                # aiohttp wraps what the upload stream raised: those are the client's doing,
-                # and must not count against the upstream
-                cause = exc.__cause__
-                if isinstance(cause, _BodyLimit | _BodyBroken | _BodyStalled | _BodyRefused):
-                    pool.cancel(target)
-                if isinstance(cause, _BodyLimit):
+            except (_BodyLimit, _BodyBroken, _BodyStalled, _BodyRefused) as exc:
+                # what the upload stream raised is the client's doing, and must not count
+                # against the upstream
+                pool.cancel(target)
+                if isinstance(exc, _BodyLimit):
                     raise PayloadTooLarge(
                         f"the body is larger than {self._max_body} bytes"
                     ) from exc
-                if isinstance(cause, _BodyBroken):
+                if isinstance(exc, _BodyBroken):
                     raise BadRequest("the request body broke off before it was complete") from exc
-                if isinstance(cause, _BodyStalled):
-                    raise RequestTimeout(str(cause)) from exc
-                if isinstance(cause, _BodyRefused):
-                    raise cause.error from exc
+                if isinstance(exc, _BodyStalled):
+                    raise RequestTimeout(str(exc)) from exc
+                raise exc.error from exc
+            except UpstreamError as exc:
+                # closed before or while answering, or an answer HTTP/1.1 cannot frame
                 pool.done(target, "failure")
                 observed.refused.inc()
                 raise UpstreamUnavailable("the upstream dropped the connection") from exc
@@ -444,7 +459,7 @@ class ClientStalled(ClientGone):
 
 async def relay(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     extra_headers: Mapping[str, str],
     *,
     write_timeout: float = 60.0,
@@ -480,7 +495,7 @@ async def relay(
     while True:
         try:
             chunk = await content.readany()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             # Headers are gone already: the only honest signal left is to cut the connection.
             if request.transport is not None:
                 request.transport.close()
