@@ -25,7 +25,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from yarl import URL
 
 from gateway.accesslog import ENTRY
 from gateway.metering.store import Charge, Decision
@@ -51,7 +50,10 @@ class Answered(Protocol):
     def status(self) -> int: ...
 
     @property
-    def url(self) -> URL: ...
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
 
 R = TypeVar("R", bound=Answered)
@@ -198,11 +200,8 @@ class Tracing:
         try:
             async with opening as response:
                 span.set_attribute("http.response.status_code", response.status)
-                url = response.url
-                if url.host is not None:
-                    span.set_attribute("server.address", url.host)
-                if url.port is not None:
-                    span.set_attribute("server.port", url.port)
+                span.set_attribute("server.address", response.host)
+                span.set_attribute("server.port", response.port)
                 if response.status >= 500:
                     span.set_attribute("error.type", str(response.status))
                     span.set_status(Status(StatusCode.ERROR))

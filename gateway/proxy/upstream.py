@@ -83,6 +83,15 @@ class Response:
         self.headers: CIMultiDictProxy[str] = conn.headers
 
     @property
+    def host(self) -> str:
+        """The target that answered (its host, as configured)."""
+        return self._origin.host
+
+    @property
+    def port(self) -> int:
+        return self._origin.port
+
+    @property
     def content(self) -> Response:
         return self
 
