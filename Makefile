@@ -43,8 +43,8 @@ test: install  ## the whole suite (starts its own redis-server processes on free
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench tools
+	$(BIN)/ruff format --check gateway tests bench tools
 	$(BIN)/mypy
 
 bench: install  ## on demand: throughput and latency against a bare proxy, same run
@@ -60,9 +60,10 @@ bench-clients: install  ## on demand: upstream clients, then proxy-port listener
 
 bench-redis: install  ## on demand: consume.lua decisions/s beside INCR and a minimal EVALSHA
 	$(BIN)/python -m bench.redis_decisions
+# MUTATE_CHILDREN: mutants tested at once (the machine is shared: 1 or 2)
+MUTATE_CHILDREN ?= 2
 mutate: install  ## mutation testing of one module or package: make mutate MODULE=gateway/api/stripe.py
-	$(BIN)/mutmut run "$(subst /,.,$(basename $(MODULE))).*"
-	$(BIN)/mutmut results
+	nice -n 10 $(BIN)/python tools/mutate.py $(MODULE) --max-children $(MUTATE_CHILDREN)
 
 clean:
 	rm -rf $(VENV) $(VENV).lock build *.egg-info

@@ -1,0 +1,148 @@
+"""`make mutate MODULE=gateway/metering/windows.py`: mutmut on one module, in its own directory.
+
+mutmut 3 reads its settings from ./pyproject.toml, keeps mutants and verdicts in ./mutants and
+generates mutants for every file its config admits. So each module gets build/mutate/<module>/:
+links to the sources, and a pyproject.toml whose [tool.mutmut] names only that module and only
+its group's fast tests (GROUPS below). Verdicts stay there: a second run retests only functions
+whose source changed, and `mutmut show`/`mutmut run <name>` work from that directory.
+
+    python tools/mutate.py gateway/metering/windows.py [--max-children 1] [mutant names...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The fast, deterministic suites that exercise each group: memory and one redis-server, no
+# Cluster (`-k "not cluster"` in pyproject.toml), no `gateway serve` processes, no deploy tools,
+# schemathesis or benchmarks. mutmut maps every mutant to the tests that reached its function,
+# so a wide selection costs one stats run, not a run per mutant.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "gateway/metering": (
+        "tests/test_windows.py",
+        "tests/test_store_contract.py",
+        "tests/test_store_ledger.py",
+        "tests/test_store_expiry.py",
+        "tests/test_service_caps.py",
+        "tests/test_reported_usage.py",
+        "tests/test_proxy_limits.py",
+        "tests/test_billing.py",
+    ),
+    "gateway/policy": (
+        "tests/test_policy_diff.py",
+        "tests/test_policy_lint.py",
+        "tests/test_policy_source.py",
+        "tests/test_policy_table.py",
+        "tests/test_policy_check.py",
+        "tests/test_shipped_policies.py",
+        "tests/test_ops_reload.py",
+        "tests/test_reload_guards.py",
+        "tests/test_hostile_config.py",
+    ),
+    "gateway/identity": (
+        "tests/test_identity.py",
+        "tests/test_identity_cache.py",
+        "tests/test_jwt.py",
+        "tests/test_jwks.py",
+        "tests/test_login_throttle.py",
+    ),
+    "gateway/proxy": (
+        "tests/test_proxy_paths.py",
+        "tests/test_proxy_headers.py",
+        "tests/test_proxy_passthrough.py",
+        "tests/test_proxy_upstream.py",
+        "tests/test_pool.py",
+    ),
+    "gateway/api/stripe.py": (
+        "tests/test_stripe.py",
+        "tests/test_billing.py",
+    ),
+}
+
+# what a work directory links to: the package, the tests and what the tests read
+LINKED = ("gateway", "tests", "policies", "config", "docs", "README.md", "CHANGELOG.md")
+
+
+def group_of(module: str) -> str:
+    for group in GROUPS:
+        if module == group or module.startswith(group + "/"):
+            return group
+    raise SystemExit(f"{module}: not in a mutation group ({', '.join(GROUPS)})")
+
+
+def toml_value(value: Any) -> str:
+    # the settings are strings, lists of strings, numbers and booleans: JSON spells them as TOML
+    return json.dumps(value)
+
+
+def prepare(module: str) -> Path:
+    """The module's work directory, its pyproject.toml naming only MODULE and its group's tests."""
+    if not (ROOT / module).exists():
+        raise SystemExit(f"{module}: no such file or package")
+    work = ROOT / "build" / "mutate" / module.replace("/", ".")
+    work.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        link = work / name
+        if not link.is_symlink():
+            link.symlink_to(ROOT / name)
+    text = (ROOT / "pyproject.toml").read_text()
+    settings = dict(tomllib.loads(text)["tool"]["mutmut"])
+    settings["only_mutate"] = [module if module.endswith(".py") else module.rstrip("/") + "/*"]
+    settings["pytest_add_cli_args_test_selection"] = list(GROUPS[group_of(module)])
+    head, _, rest = text.partition("[tool.mutmut]\n")
+    # the next table after [tool.mutmut], if any, stays
+    tail = rest[rest.find("\n[") + 1 :] if "\n[" in rest else ""
+    table = "".join(f"{key} = {toml_value(value)}\n" for key, value in settings.items())
+    (work / "pyproject.toml").write_text(f"{head}[tool.mutmut]\n{table}\n{tail}")
+    return work
+
+
+def summary(work: Path, module: str) -> Counter[str]:
+    """Verdicts per status for MODULE's mutants, from mutmut's own result files."""
+    sys.path.insert(0, str(work))
+    from mutmut.stats import status_by_exit_code
+
+    counts: Counter[str] = Counter()
+    target = work / "mutants" / module
+    metas = [target.with_name(target.name + ".meta")] if module.endswith(".py") else []
+    metas = metas or sorted(target.rglob("*.py.meta"))
+    for meta in metas:
+        if meta.exists():
+            verdicts = json.loads(meta.read_text())["exit_code_by_key"]
+            counts.update(status_by_exit_code[code] for code in verdicts.values())
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", help="a file or package under gateway/, e.g. gateway/policy")
+    parser.add_argument("names", nargs="*", help="only these mutants (globs), e.g. to retest")
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args()
+    module = args.module.rstrip("/")
+    work = prepare(module)
+    mutmut = str(Path(sys.executable).parent / "mutmut")
+    command = [mutmut, "run", "--max-children", str(args.max_children), *args.names]
+    print(f"in {work.relative_to(ROOT)}: {' '.join(command[1:])}", flush=True)
+    # the tests must import the mutated copy, never the editable install of the original
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = subprocess.run(command, cwd=work, env=env, check=False).returncode
+    subprocess.run([mutmut, "results"], cwd=work, env=env, check=False)
+    counts = summary(work, module)
+    print(f"{module}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    print(f"show one: cd {work.relative_to(ROOT)} && {mutmut} show <name>")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
