@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # so a wide selection costs one stats run, not a run per mutant.
 GROUPS: dict[str, tuple[str, ...]] = {
     "gateway/metering": (
+        "tests/test_metering_edges.py",
         "tests/test_windows.py",
         "tests/test_store_contract.py",
         "tests/test_store_ledger.py",

@@ -1,0 +1,65 @@
+"""Metering edges the rest of the suite let change unnoticed (found by `make mutate`).
+
+Each test names what a user would see go wrong. They run on the embedded store and on a real
+redis-server; the Cluster adds nothing here (no decision spans more than one account's slot).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from gateway.metering.clock import FakeClock
+from gateway.metering.memory import MemoryStore
+from gateway.metering.redis_store import RedisStore
+from gateway.metering.store import Charge, Store
+from gateway.metering.windows import iso, window
+from tests.conftest import utc
+
+STORES = ("memory", "redis")
+
+
+@pytest.fixture
+async def store(
+    store_kind: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncIterator[Store]:
+    if store_kind == "memory":
+        yield MemoryStore(clock)
+        return
+    redis = RedisStore(request.getfixturevalue("redis_url"), clock=clock, timeout_ms=2000)
+    yield redis
+    await redis.close()
+
+
+def live(scope_id: str, limit: int) -> Charge:
+    """A live count (a gauge, no window) of one scope, e.g. a project's concurrent runs."""
+    return Charge("concurrent_runs", scope_id, None, 1, limit)
+
+
+async def test_live_counts_of_two_scopes_of_one_account_are_apart(store: Store) -> None:
+    # a project at its live limit must not take the account's other projects down with it
+    assert (await store.consume("42", [live("p1", 1)])).admitted
+    assert not (await store.consume("42", [live("p1", 1)])).admitted
+    assert (await store.consume("42", [live("p2", 1)])).admitted
+    assert [s.used for s in await store.peek("42", [live("p1", 1), live("p2", 1)])] == [1, 1]
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The host's local time zone at UTC+14 (a POSIX TZ string: no tzdata needed)."""
+    monkeypatch.setenv("TZ", "KIRI-14")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("far_from_utc")
+def test_windows_and_reset_times_are_utc_whatever_the_hosts_time_zone() -> None:
+    # 12:00 UTC on the last day of a month is already the next month at UTC+14
+    noon = utc(2031, 1, 31, 12)
+    assert window("day", noon) == ("2031-01-31", utc(2031, 2, 1))
+    assert window("month", noon) == ("2031-01", utc(2031, 2, 1))
+    assert iso(noon) == "2031-01-31T12:00:00Z"
