@@ -63,3 +63,34 @@ def test_windows_and_reset_times_are_utc_whatever_the_hosts_time_zone() -> None:
     assert window("day", noon) == ("2031-01-31", utc(2031, 2, 1))
     assert window("month", noon) == ("2031-01", utc(2031, 2, 1))
     assert iso(noon) == "2031-01-31T12:00:00Z"
+
+
+async def test_removing_a_member_of_a_set_never_written_is_a_no_op(store: Store) -> None:
+    # e.g. revoking a key from an account whose key set was never created
+    await store.remove_member("keys", "nobody", "k1")
+    assert await store.members("keys", "nobody") == []
+
+
+async def test_a_record_deleted_then_created_again_does_not_inherit_the_old_ttl(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.put_record("account", "7", {"n": 1}, ttl_seconds=1)
+    assert await store.delete_record("account", "7")
+    # created again by a compare-and-swap over "absent" (version None), with no ttl
+    assert await store.swap_record("account", "7", None, {"n": 2})
+    clock.advance(5)  # past the old ttl on the memory store's clock
+    assert await store.get_record("account", "7") == {"n": 2}
+
+
+@pytest.mark.stores("redis")
+async def test_voiding_a_lost_decision_gives_its_live_count_back(store: Store) -> None:
+    """A decision holding a live count (no window) whose answer was lost, sent here by hand
+    with its id as consume sends it: voiding it frees the live unit, or it leaks for ever."""
+    assert isinstance(store, RedisStore)
+    charge = live("p1", 2)
+    assert (await store.consume("42", [charge])).admitted
+    raw = await store._script("consume", *store.consume_call("42", [charge], (0, "lost-1", 60000)))
+    assert int(raw[0]) == 1
+    assert (await store.peek("42", [charge]))[0].used == 2
+    await store._void("42", "lost-1", [charge])
+    assert (await store.peek("42", [charge]))[0].used == 1
