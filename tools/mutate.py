@@ -120,20 +120,33 @@ def prepare(module: str) -> Path:
     return work
 
 
-def summary(work: Path, module: str) -> Counter[str]:
-    """Verdicts per status for MODULE's mutants, from mutmut's own result files."""
-    sys.path.insert(0, str(work))
+def summary(work: Path, module: str) -> dict[str, Counter[str]]:
+    """Verdicts per status for each file of MODULE, from mutmut's own result files."""
     from mutmut.stats import status_by_exit_code
 
-    counts: Counter[str] = Counter()
     target = work / "mutants" / module
     metas = [target.with_name(target.name + ".meta")] if module.endswith(".py") else []
     metas = metas or sorted(target.rglob("*.py.meta"))
+    per_file: dict[str, Counter[str]] = {}
     for meta in metas:
         if meta.exists():
             verdicts = json.loads(meta.read_text())["exit_code_by_key"]
-            counts.update(status_by_exit_code[code] for code in verdicts.values())
-    return counts
+            if verdicts:
+                name = str(meta.relative_to(work / "mutants")).removesuffix(".meta")
+                per_file[name] = Counter(status_by_exit_code[code] for code in verdicts.values())
+    return per_file
+
+
+def report(per_file: dict[str, Counter[str]]) -> str:
+    def line(name: str, counts: Counter[str]) -> str:
+        return f"{name}: {counts.total()} mutants, " + ", ".join(
+            f"{n} {status}" for status, n in sorted(counts.items())
+        )
+
+    lines = [line(name, counts) for name, counts in per_file.items()]
+    if len(per_file) > 1:
+        lines.append(line("all", sum(per_file.values(), Counter())))
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -141,8 +154,12 @@ def main() -> int:
     parser.add_argument("module", help="a file or package under gateway/, e.g. gateway/policy")
     parser.add_argument("names", nargs="*", help="only these mutants (globs), e.g. to retest")
     parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--summary", action="store_true", help="only print the last verdicts")
     args = parser.parse_args()
     module = args.module.rstrip("/")
+    if args.summary:
+        print(report(summary(ROOT / "build" / "mutate" / module.replace("/", "."), module)))
+        return 0
     work = prepare(module)
     mutmut = str(Path(sys.executable).parent / "mutmut")
     command = [mutmut, "run", "--max-children", str(args.max_children), *args.names]
@@ -151,8 +168,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = subprocess.run(command, cwd=work, env=env, check=False).returncode
     subprocess.run([mutmut, "results"], cwd=work, env=env, check=False)
-    counts = summary(work, module)
-    print(f"{module}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    print(report(summary(work, module)))
     print(f"show one: cd {work.relative_to(ROOT)} && {mutmut} show <name>")
     return code
 
