@@ -16,7 +16,7 @@ from gateway.metering.memory import MemoryStore
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Charge, Store
 from gateway.metering.windows import iso, window
-from tests.conftest import utc
+from tests.conftest import GatewayFactory, utc
 
 STORES = ("memory", "redis")
 
@@ -94,3 +94,28 @@ async def test_voiding_a_lost_decision_gives_its_live_count_back(store: Store) -
     assert (await store.peek("42", [charge]))[0].used == 2
     await store._void("42", "lost-1", [charge])
     assert (await store.peek("42", [charge]))[0].used == 1
+
+
+async def test_a_service_cap_refused_half_a_second_before_reset_says_retry_in_1_second(
+    make_gateway: GatewayFactory,
+) -> None:
+    """The cap's 429 (seed 001) counts what is used, says it is retryable, and never tells a
+    client to wait less than a second (0 would invite a retry storm) or longer than needed."""
+    gw = await make_gateway()
+    account = await gw.account("starter")
+    user = {"Authorization": f"Bearer {await gw.key(account, 'user_ask_')}"}
+    project = await gw.admin.post(
+        f"/admin/accounts/{account}/projects", json={"name": "p"}, headers=gw.admin_headers
+    )
+    caps = {"scheduler": {"limit": 1, "period": "day"}}
+    body = {"project_id": (await project.json())["id"], "caps": caps}
+    created = await (await gw.client.post("/api/api-keys", json=body, headers=user)).json()
+    key = {"Authorization": f"Bearer {created['key']}"}
+    assert (await gw.client.post("/api/scheduler/jobs", headers=key)).status == 200
+    gw.clock.set(utc(2026, 11, 25, 23, 59, 59) + 0.5)
+    resp = await gw.client.post("/api/scheduler/jobs", headers=key)
+    assert resp.status == 429
+    refusal = await resp.json()
+    assert (refusal["current"], refusal["retryable"]) == (1, True)
+    assert refusal["reset"] == "2026-11-26T00:00:00Z"
+    assert resp.headers["Retry-After"] == "1"
