@@ -6,17 +6,20 @@ redis-server; the Cluster adds nothing here (no decision spans more than one acc
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gateway.errors import StoreUnavailable
 from gateway.metering.clock import FakeClock
 from gateway.metering.memory import MemoryStore
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Charge, Store
 from gateway.metering.windows import iso, window
 from tests.conftest import GatewayFactory, utc
+from tests.redis_servers import RedisServer
 
 STORES = ("memory", "redis")
 
@@ -119,3 +122,53 @@ async def test_a_service_cap_refused_half_a_second_before_reset_says_retry_in_1_
     assert (refusal["current"], refusal["retryable"]) == (1, True)
     assert refusal["reset"] == "2026-11-26T00:00:00Z"
     assert resp.headers["Retry-After"] == "1"
+
+
+async def test_a_decision_sent_to_a_frozen_server_is_voided_in_the_background(
+    own_redis: RedisServer, clock: FakeClock
+) -> None:
+    """A fresh gateway knows no Redis-time offset yet, so only the void protects its first
+    decision (late.py): given up on while the server is frozen, it is voided by the
+    background loop, which keeps retrying through the outage, with no settle() called."""
+    store = RedisStore(own_redis.url, clock=clock, timeout_ms=200)
+    charge = Charge("api_calls", "42", "month", 1, None)
+    client = own_redis.client()
+    try:
+        own_redis.freeze()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.consume("42", [charge])
+            await asyncio.sleep(1)  # the loop's first voids fail against the frozen server
+        finally:
+            own_redis.thaw()  # Redis now reads the decision the gateway gave up on
+        async with asyncio.timeout(10):
+            while True:
+                markers = [client.get(k) for k in client.keys("gw:{a:42}:d:*")]
+                if markers and all(m == b"void" for m in markers):
+                    break
+                await asyncio.sleep(0.05)
+        assert (await store.peek("42", [charge]))[0].used == 0
+    finally:
+        await store.close()
+
+
+async def test_voids_owed_are_retried_through_an_outage_until_redis_is_back(
+    own_redis: RedisServer, clock: FakeClock
+) -> None:
+    """With the server down, each void fails at once; the loop backs off and tries again
+    until a restarted server takes it (and leaves its tombstone)."""
+    store = RedisStore(own_redis.url, clock=clock, timeout_ms=200)
+    charge = Charge("api_calls", "42", "month", 1, None)
+    try:
+        assert (await store.consume("42", [charge])).admitted
+        own_redis.kill()
+        with pytest.raises(StoreUnavailable):
+            await store.consume("42", [charge])
+        await asyncio.sleep(1)  # several voids fail meanwhile, backing off
+        own_redis.start()
+        client = own_redis.client()
+        async with asyncio.timeout(10):
+            while not any(client.get(k) == b"void" for k in client.keys("gw:{a:42}:d:*")):
+                await asyncio.sleep(0.05)
+    finally:
+        await store.close()
