@@ -82,6 +82,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# pytest arguments a group adds to [tool.mutmut] pytest_add_cli_args (the later --timeout wins):
+# loading a policy with every call traced (mutmut's stats run) takes longer than 30 s
+EXTRA_ARGS: dict[str, tuple[str, ...]] = {"gateway/policy": ("--timeout=180",)}
+
 # what a work directory links to: the package, the tests and what the tests read
 LINKED = ("gateway", "tests", "policies", "config", "docs", "README.md", "CHANGELOG.md")
 
@@ -111,7 +115,9 @@ def prepare(module: str) -> Path:
     text = (ROOT / "pyproject.toml").read_text()
     settings = dict(tomllib.loads(text)["tool"]["mutmut"])
     settings["only_mutate"] = [module if module.endswith(".py") else module.rstrip("/") + "/*"]
-    settings["pytest_add_cli_args_test_selection"] = list(GROUPS[group_of(module)])
+    group = group_of(module)
+    settings["pytest_add_cli_args_test_selection"] = list(GROUPS[group])
+    settings["pytest_add_cli_args"] = [*settings["pytest_add_cli_args"], *EXTRA_ARGS.get(group, ())]
     head, _, rest = text.partition("[tool.mutmut]\n")
     # the next table after [tool.mutmut], if any, stays
     tail = rest[rest.find("\n[") + 1 :] if "\n[" in rest else ""
