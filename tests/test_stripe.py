@@ -12,8 +12,10 @@ import pytest
 from aiohttp import web
 
 from gateway.api.stripe import sign
+from gateway.identity.registry import org_account_id
 from gateway.settings import StripeSettings
 from tests.conftest import GatewayFactory, Harness
+from tests.redis_servers import free_port
 from tests.test_agentidp_tiers import status, token
 
 # every test here runs on the embedded store and on a real redis-server
@@ -30,6 +32,7 @@ class FakeStripe:
 
     forms: list[dict[str, str]] = field(default_factory=list)
     fail: bool = False
+    answer: Any = None  # a JSON body to answer with instead of a Checkout Session
 
     async def create(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
@@ -40,6 +43,8 @@ class FakeStripe:
         self.forms.append(form)
         if self.fail:
             return web.json_response({"error": {"message": "card declined"}}, status=402)
+        if self.answer is not None:
+            return web.json_response(self.answer)
         number = len(self.forms)
         return web.json_response(
             {
@@ -292,3 +297,48 @@ async def test_a_signature_computed_outside_the_gateway_is_accepted(
     status_code, body = await deliver(gw, VECTOR_PAYLOAD, signature=header)
     assert (status_code, body["applied"]) == (200, True)
     assert (await status(gw, token("org-vector")))["tier"] == "pro"
+
+
+async def upgrade(gw: Harness, tier: str = "pro") -> tuple[int, dict[str, Any]]:
+    resp = await gw.client.post(
+        "/api/v1/tiers/upgrade", json={"target_tier": tier}, headers=token("org-1")
+    )
+    return resp.status, await resp.json()
+
+
+async def test_the_checkout_names_the_account_the_webhook_will_upgrade(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    assert (await upgrade(gw))[0] == 200
+    assert stripe.forms[0]["metadata[account_id]"] == org_account_id("org-1")
+
+
+async def test_checkout_failures_say_which_part_failed(
+    make_gateway: GatewayFactory, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way an upgrade can fail answers its own message, and no Stripe words."""
+    gw = await make_gateway("agentidp", stripe=StripeSettings(prices=PRICES[:1]))
+    # a tier with no price on this gateway: refused before Stripe is asked
+    assert await upgrade(gw, "enterprise") == (
+        503,
+        {
+            "code": "PAYMENTS_NOT_CONFIGURED",
+            "message": "upgrades to enterprise are not configured on this gateway",
+        },
+    )
+    assert stripe.forms == []
+    stripe.fail = True
+    assert (await upgrade(gw))[1]["message"] == "the payment provider refused the checkout"
+    stripe.fail = False
+    for answer in ({"id": "cs_test_1"}, ["not", "a", "session"]):
+        stripe.answer = answer
+        assert await upgrade(gw) == (
+            502,
+            {
+                "code": "UPSTREAM_UNAVAILABLE",
+                "message": "the payment provider answered without a checkout URL",
+            },
+        )
+    monkeypatch.setenv("GATEWAY_STRIPE_API_BASE", f"http://127.0.0.1:{free_port()}")
+    assert (await upgrade(gw))[1]["message"] == "the payment provider could not be reached"
