@@ -172,3 +172,24 @@ async def test_voids_owed_are_retried_through_an_outage_until_redis_is_back(
                 await asyncio.sleep(0.05)
     finally:
         await store.close()
+
+
+async def test_a_feature_refusal_names_the_feature_and_the_cheapest_tier_that_has_it(
+    make_gateway: GatewayFactory,
+) -> None:
+    """The policy's feature_unavailable answer is filled in: the feature's title, the tier,
+    and the cheapest tier above that has the feature (here service caps, asked on Free)."""
+    gw = await make_gateway()
+    account = await gw.account("free")
+    user = {"Authorization": f"Bearer {await gw.key(account, 'user_ask_')}"}
+    project = await gw.admin.post(
+        f"/admin/accounts/{account}/projects", json={"name": "p"}, headers=gw.admin_headers
+    )
+    body = {"project_id": (await project.json())["id"], "caps": {"payments": "deny"}}
+    resp = await gw.client.post("/api/api-keys", json=body, headers=user)
+    assert resp.status == 402
+    refusal = await resp.json()
+    assert refusal["reason"] == (
+        "Service caps on project API keys is not available on the FREE tier."
+    )
+    assert (refusal["feature"], refusal["upgrade_tier"]) == ("service_caps", "starter")
