@@ -342,3 +342,16 @@ async def test_checkout_failures_say_which_part_failed(
         )
     monkeypatch.setenv("GATEWAY_STRIPE_API_BASE", f"http://127.0.0.1:{free_port()}")
     assert (await upgrade(gw))[1]["message"] == "the payment provider could not be reached"
+
+
+async def test_a_webhook_without_a_signature_says_so(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    resp = await gw.client.post("/api/v1/webhooks/stripe", data=completed("evt_1", "org-1", "pro"))
+    assert resp.status == 400
+    body = await resp.json()
+    assert (body["code"], body["message"]) == (
+        "SIGNATURE_INVALID",
+        "missing Stripe-Signature header",
+    )
