@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.api.stripe import sign
+from gateway.api.stripe import SignatureInvalid, sign, verify_signature
 from gateway.identity.registry import org_account_id
 from gateway.settings import StripeSettings
 from tests.conftest import GatewayFactory, Harness
@@ -354,4 +354,27 @@ async def test_a_webhook_without_a_signature_says_so(
     assert (body["code"], body["message"]) == (
         "SIGNATURE_INVALID",
         "missing Stripe-Signature header",
+    )
+
+
+def refusal_of(header: str, payload: bytes = b"{}", now: float = 1_800_000_000) -> str | None:
+    try:
+        verify_signature(header, payload, WEBHOOK_SECRET, now=now, tolerance=300)
+    except SignatureInvalid as refused:
+        return refused.message
+    return None
+
+
+def test_only_v1_entries_sign_and_other_schemes_are_ignored() -> None:
+    """Stripe sends v0 entries (test mode) beside v1: they neither sign nor move ``t``."""
+    at = 1_800_000_000
+    good = sign(WEBHOOK_SECRET, at, b"{}")
+    assert refusal_of(f"t={at},v1={good},v0=1234567890") is None
+    assert refusal_of(f"t={at},v0={good}") == (
+        "Stripe-Signature needs t=... and at least one v1=..."
+    )
+    assert refusal_of(f"t={at}") == "Stripe-Signature needs t=... and at least one v1=..."
+    assert refusal_of(f"v1={good}") == "Stripe-Signature needs t=... and at least one v1=..."
+    assert refusal_of(f"t={at - 301},v1={sign(WEBHOOK_SECRET, at - 301, b'{}')}") == (
+        "Stripe-Signature timestamp is outside the tolerance"
     )
