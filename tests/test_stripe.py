@@ -372,6 +372,9 @@ def test_only_v1_entries_sign_and_other_schemes_are_ignored() -> None:
     assert refusal_of(f"t={at},v1={good},v0=1234567890") is None
     # a rolled secret: the matching entry may come first; a non-ASCII entry is just no match
     assert refusal_of(f"t={at},v1={good},v1={'0' * 64},v1=caf\u00e9") is None
+    assert refusal_of(f"t={at},v1={'0' * 64},v1=caf\u00e9") == (
+        "no Stripe-Signature v1 entry matches this payload"
+    )
     assert refusal_of(f"t={at},v0={good}") == (
         "Stripe-Signature needs t=... and at least one v1=..."
     )
@@ -379,4 +382,19 @@ def test_only_v1_entries_sign_and_other_schemes_are_ignored() -> None:
     assert refusal_of(f"v1={good}") == "Stripe-Signature needs t=... and at least one v1=..."
     assert refusal_of(f"t={at - 301},v1={sign(WEBHOOK_SECRET, at - 301, b'{}')}") == (
         "Stripe-Signature timestamp is outside the tolerance"
+    )
+
+
+async def test_a_webhook_without_its_secret_configured_is_a_503(
+    make_gateway: GatewayFactory, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_STRIPE_WEBHOOK_SECRET")
+    gw = await agentidp(make_gateway)
+    status_code, body = await deliver(gw, completed("evt_1", "org-1", "pro"))
+    assert (status_code, body) == (
+        503,
+        {
+            "code": "PAYMENTS_NOT_CONFIGURED",
+            "message": "the Stripe webhook secret is not configured",
+        },
     )
