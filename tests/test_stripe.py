@@ -398,3 +398,12 @@ async def test_a_webhook_without_its_secret_configured_is_a_503(
             "message": "the Stripe webhook secret is not configured",
         },
     )
+
+
+async def test_a_signed_event_that_is_not_json_is_refused_naming_the_event(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    status_code, body = await deliver(gw, b"\xff not json")
+    assert status_code == 400
+    assert body["message"] == "the event is not UTF-8 (byte 1)"
