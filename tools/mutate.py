@@ -46,6 +46,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_billing.py",
     ),
     "gateway/policy": (
+        "tests/test_policy_messages.py",
         "tests/test_policy_diff.py",
         "tests/test_policy_lint.py",
         "tests/test_policy_source.py",
