@@ -47,6 +47,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "gateway/policy": (
         "tests/test_policy_messages.py",
+        "tests/test_policy_answered.py",
         "tests/test_policy_diff.py",
         "tests/test_policy_lint.py",
         "tests/test_policy_source.py",
