@@ -407,3 +407,29 @@ async def test_a_signed_event_that_is_not_json_is_refused_naming_the_event(
     status_code, body = await deliver(gw, b"\xff not json")
     assert status_code == 400
     assert body["message"] == "the event is not UTF-8 (byte 1)"
+
+
+async def test_each_acknowledged_no_op_says_which_event_and_why(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    """Stripe's dashboard shows our answer to each delivery: it names the event and the
+    reason nothing was applied."""
+    gw = await agentidp(make_gateway)
+    other = json.dumps({"id": "evt_o", "type": "invoice.paid"}).encode()
+    assert await deliver(gw, other) == (
+        200,
+        {"received": True, "id": "evt_o", "applied": False, "reason": "ignored 'invoice.paid'"},
+    )
+    assert (await deliver(gw, completed("evt_1", "org-1", "pro")))[1]["applied"] is True
+    assert await deliver(gw, completed("evt_1", "org-1", "pro")) == (
+        200,
+        {"received": True, "id": "evt_1", "applied": False, "reason": "duplicate event"},
+    )
+    # an event id is 1 to 255 characters
+    longest = "e" * 255
+    assert (await deliver(gw, completed(longest, "org-2", "pro")))[1]["id"] == longest
+    for bad in ("", "e" * 256):
+        assert await deliver(gw, completed(bad, "org-2", "pro")) == (
+            400,
+            {"code": "BAD_REQUEST", "message": "the event has no id"},
+        )
