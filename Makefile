@@ -43,8 +43,8 @@ test: install  ## the whole suite (starts its own redis-server processes on free
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench tools
+	$(BIN)/ruff format --check gateway tests bench tools
 	$(BIN)/mypy
 
 bench: install  ## on demand: throughput and latency against a bare proxy, same run
@@ -64,9 +64,10 @@ bench-redis: install  ## on demand: consume.lua decisions/s beside INCR and a mi
 bench-leases: install  ## on demand: a leased hot account beside an unlimited caller, 4 workers
 	$(BIN)/python -m bench.leases
 
+# MUTATE_CHILDREN: mutants tested at once (the machine is shared: 1 or 2)
+MUTATE_CHILDREN ?= 2
 mutate: install  ## mutation testing of one module or package: make mutate MODULE=gateway/api/stripe.py
-	$(BIN)/mutmut run "$(subst /,.,$(basename $(MODULE))).*"
-	$(BIN)/mutmut results
+	nice -n 10 $(BIN)/python tools/mutate.py $(MODULE) --max-children $(MUTATE_CHILDREN)
 
 clean:
 	rm -rf $(VENV) $(VENV).lock build *.egg-info

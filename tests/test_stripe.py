@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.api.stripe import sign
+from gateway.api.stripe import SignatureInvalid, sign, verify_signature
+from gateway.identity.registry import org_account_id
 from gateway.settings import StripeSettings
 from tests.conftest import GatewayFactory, Harness
+from tests.redis_servers import free_port
 from tests.test_agentidp_tiers import status, token
 
 # every test here runs on the embedded store and on a real redis-server
@@ -30,6 +32,7 @@ class FakeStripe:
 
     forms: list[dict[str, str]] = field(default_factory=list)
     fail: bool = False
+    answer: Any = None  # a JSON body to answer with instead of a Checkout Session
 
     async def create(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
@@ -40,6 +43,8 @@ class FakeStripe:
         self.forms.append(form)
         if self.fail:
             return web.json_response({"error": {"message": "card declined"}}, status=402)
+        if self.answer is not None:
+            return web.json_response(self.answer)
         number = len(self.forms)
         return web.json_response(
             {
@@ -292,3 +297,139 @@ async def test_a_signature_computed_outside_the_gateway_is_accepted(
     status_code, body = await deliver(gw, VECTOR_PAYLOAD, signature=header)
     assert (status_code, body["applied"]) == (200, True)
     assert (await status(gw, token("org-vector")))["tier"] == "pro"
+
+
+async def upgrade(gw: Harness, tier: str = "pro") -> tuple[int, dict[str, Any]]:
+    resp = await gw.client.post(
+        "/api/v1/tiers/upgrade", json={"target_tier": tier}, headers=token("org-1")
+    )
+    return resp.status, await resp.json()
+
+
+async def test_the_checkout_names_the_account_the_webhook_will_upgrade(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    assert (await upgrade(gw))[0] == 200
+    assert stripe.forms[0]["metadata[account_id]"] == org_account_id("org-1")
+
+
+async def test_checkout_failures_say_which_part_failed(
+    make_gateway: GatewayFactory, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way an upgrade can fail answers its own message, and no Stripe words."""
+    gw = await make_gateway("agentidp", stripe=StripeSettings(prices=PRICES[:1]))
+    # a tier with no price on this gateway: refused before Stripe is asked
+    assert await upgrade(gw, "enterprise") == (
+        503,
+        {
+            "code": "PAYMENTS_NOT_CONFIGURED",
+            "message": "upgrades to enterprise are not configured on this gateway",
+        },
+    )
+    assert stripe.forms == []
+    stripe.fail = True
+    assert (await upgrade(gw))[1]["message"] == "the payment provider refused the checkout"
+    stripe.fail = False
+    for answer in ({"id": "cs_test_1"}, ["not", "a", "session"]):
+        stripe.answer = answer
+        assert await upgrade(gw) == (
+            502,
+            {
+                "code": "UPSTREAM_UNAVAILABLE",
+                "message": "the payment provider answered without a checkout URL",
+            },
+        )
+    monkeypatch.setenv("GATEWAY_STRIPE_API_BASE", f"http://127.0.0.1:{free_port()}")
+    assert (await upgrade(gw))[1]["message"] == "the payment provider could not be reached"
+
+
+async def test_a_webhook_without_a_signature_says_so(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    resp = await gw.client.post("/api/v1/webhooks/stripe", data=completed("evt_1", "org-1", "pro"))
+    assert resp.status == 400
+    body = await resp.json()
+    assert (body["code"], body["message"]) == (
+        "SIGNATURE_INVALID",
+        "missing Stripe-Signature header",
+    )
+
+
+def refusal_of(header: str, payload: bytes = b"{}", now: float = 1_800_000_000) -> str | None:
+    try:
+        verify_signature(header, payload, WEBHOOK_SECRET, now=now, tolerance=300)
+    except SignatureInvalid as refused:
+        return refused.message
+    return None
+
+
+def test_only_v1_entries_sign_and_other_schemes_are_ignored() -> None:
+    """Stripe sends v0 entries (test mode) beside v1: they neither sign nor move ``t``."""
+    at = 1_800_000_000
+    good = sign(WEBHOOK_SECRET, at, b"{}")
+    assert refusal_of(f"t={at},v1={good},v0=1234567890") is None
+    # a rolled secret: the matching entry may come first; a non-ASCII entry is just no match
+    assert refusal_of(f"t={at},v1={good},v1={'0' * 64},v1=caf\u00e9") is None
+    assert refusal_of(f"t={at},v1={'0' * 64},v1=caf\u00e9") == (
+        "no Stripe-Signature v1 entry matches this payload"
+    )
+    assert refusal_of(f"t={at},v0={good}") == (
+        "Stripe-Signature needs t=... and at least one v1=..."
+    )
+    assert refusal_of(f"t={at}") == "Stripe-Signature needs t=... and at least one v1=..."
+    assert refusal_of(f"v1={good}") == "Stripe-Signature needs t=... and at least one v1=..."
+    assert refusal_of(f"t={at - 301},v1={sign(WEBHOOK_SECRET, at - 301, b'{}')}") == (
+        "Stripe-Signature timestamp is outside the tolerance"
+    )
+
+
+async def test_a_webhook_without_its_secret_configured_is_a_503(
+    make_gateway: GatewayFactory, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_STRIPE_WEBHOOK_SECRET")
+    gw = await agentidp(make_gateway)
+    status_code, body = await deliver(gw, completed("evt_1", "org-1", "pro"))
+    assert (status_code, body) == (
+        503,
+        {
+            "code": "PAYMENTS_NOT_CONFIGURED",
+            "message": "the Stripe webhook secret is not configured",
+        },
+    )
+
+
+async def test_a_signed_event_that_is_not_json_is_refused_naming_the_event(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    gw = await agentidp(make_gateway)
+    status_code, body = await deliver(gw, b"\xff not json")
+    assert status_code == 400
+    assert body["message"] == "the event is not UTF-8 (byte 1)"
+
+
+async def test_each_acknowledged_no_op_says_which_event_and_why(
+    make_gateway: GatewayFactory, stripe: FakeStripe
+) -> None:
+    """Stripe's dashboard shows our answer to each delivery: it names the event and the
+    reason nothing was applied."""
+    gw = await agentidp(make_gateway)
+    other = json.dumps({"id": "evt_o", "type": "invoice.paid"}).encode()
+    assert await deliver(gw, other) == (
+        200,
+        {"received": True, "id": "evt_o", "applied": False, "reason": "ignored 'invoice.paid'"},
+    )
+    assert (await deliver(gw, completed("evt_1", "org-1", "pro")))[1]["applied"] is True
+    assert await deliver(gw, completed("evt_1", "org-1", "pro")) == (
+        200,
+        {"received": True, "id": "evt_1", "applied": False, "reason": "duplicate event"},
+    )
+    # an event id is 1 to 255 characters
+    longest = "e" * 255
+    assert (await deliver(gw, completed(longest, "org-2", "pro")))[1]["id"] == longest
+    for bad in ("", "e" * 256):
+        assert await deliver(gw, completed(bad, "org-2", "pro")) == (
+            400,
+            {"code": "BAD_REQUEST", "message": "the event has no id"},
+        )
