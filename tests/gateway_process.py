@@ -38,6 +38,24 @@ class Served:
                     pass
                 await asyncio.sleep(0.1)
 
+    async def anonymous_account(self, used: int | None = None) -> tuple[str, dict[str, str]]:
+        """A new anonymous account and key through the admin API, with ``used`` Logic Engine
+        calls already spent when given: its id and the key's Authorization header."""
+        async with aiohttp.ClientSession(headers=self.auth) as admin:
+            resp = await admin.post(self.admin + "/admin/accounts", json={"tier": "anonymous"})
+            account = (await resp.json())["id"]
+            resp = await admin.post(
+                f"{self.admin}/admin/accounts/{account}/keys", json={"prefix": "anon_ask_"}
+            )
+            key = (await resp.json())["key"]
+            if used is not None:
+                resp = await admin.put(
+                    f"{self.admin}/admin/accounts/{account}/usage/logic_engine_calls",
+                    json={"value": used},
+                )
+                assert resp.status == 200
+        return account, {"Authorization": f"Bearer {key}"}
+
 
 @contextmanager
 def serve_gateway(

@@ -58,25 +58,7 @@ async def served_defaults(
 
 async def _race(served: Served, clients: int) -> Counter[int]:
     """``clients`` concurrent calls, released at once, for the last REMAINING units."""
-    async with aiohttp.ClientSession() as admin:
-        resp = await admin.post(
-            served.admin + "/admin/accounts", json={"tier": "anonymous"}, headers=served.auth
-        )
-        account = (await resp.json())["id"]
-        resp = await admin.post(
-            f"{served.admin}/admin/accounts/{account}/keys",
-            json={"prefix": "anon_ask_"},
-            headers=served.auth,
-        )
-        key = (await resp.json())["key"]
-        resp = await admin.put(
-            f"{served.admin}/admin/accounts/{account}/usage/logic_engine_calls",
-            json={"value": 1000 - REMAINING},
-            headers=served.auth,
-        )
-        assert resp.status == 200
-
-    headers = {"Authorization": f"Bearer {key}"}
+    _, headers = await served.anonymous_account(used=1000 - REMAINING)
     ready = asyncio.Event()
 
     async def client(i: int, session: aiohttp.ClientSession) -> int:

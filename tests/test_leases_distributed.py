@@ -68,28 +68,6 @@ async def served_redis(redis_url: str, upstream: Upstream, tmp_path: Path) -> As
         yield served
 
 
-async def _account(served: Served, used: int) -> tuple[str, dict[str, str]]:
-    """A new anonymous account with ``used`` Logic Engine calls spent; its id and headers."""
-    async with aiohttp.ClientSession() as admin:
-        resp = await admin.post(
-            served.admin + "/admin/accounts", json={"tier": "anonymous"}, headers=served.auth
-        )
-        account = (await resp.json())["id"]
-        resp = await admin.post(
-            f"{served.admin}/admin/accounts/{account}/keys",
-            json={"prefix": "anon_ask_"},
-            headers=served.auth,
-        )
-        key = (await resp.json())["key"]
-        resp = await admin.put(
-            f"{served.admin}/admin/accounts/{account}/usage/logic_engine_calls",
-            json={"value": used},
-            headers=served.auth,
-        )
-        assert resp.status == 200
-    return account, {"Authorization": f"Bearer {key}"}
-
-
 async def _burst(served: Served, headers: dict[str, str], clients: int) -> Counter[int]:
     """``clients`` concurrent calls, each on its own connection (spread over the workers)."""
 
@@ -105,7 +83,7 @@ async def _burst(served: Served, headers: dict[str, str], clients: int) -> Count
 
 
 async def test_leased_workers_admit_exactly_the_limit(served: Served, upstream: Upstream) -> None:
-    _, headers = await _account(served, 1000 - REMAINING)
+    _, headers = await served.anonymous_account(1000 - REMAINING)
     statuses: Counter[int] = Counter()
     # near the limit a worker refuses while others still hold units; bursts go on until one
     # is refused whole, by then every worker has seen calls and spent what it held
@@ -123,7 +101,7 @@ async def test_leased_workers_admit_exactly_the_limit(served: Served, upstream: 
 async def test_a_leased_account_runs_few_scripts_and_gives_back_at_shutdown(
     served_redis: Served, upstream: Upstream, redis_server: RedisServer
 ) -> None:
-    account, headers = await _account(served_redis, 0)
+    account, headers = await served_redis.anonymous_account(0)
     redis_server.client().config_resetstat()
     statuses = await _burst(served_redis, headers, 390)
     assert statuses == {200: 390}

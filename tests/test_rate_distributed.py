@@ -51,18 +51,7 @@ async def served(store_url: str, upstream: Upstream, tmp_path: Path) -> AsyncIte
 async def test_racing_clients_across_workers_get_exactly_the_burst(
     served: Served, upstream: Upstream
 ) -> None:
-    async with aiohttp.ClientSession() as admin:
-        resp = await admin.post(
-            served.admin + "/admin/accounts", json={"tier": "anonymous"}, headers=served.auth
-        )
-        account = (await resp.json())["id"]
-        resp = await admin.post(
-            f"{served.admin}/admin/accounts/{account}/keys",
-            json={"prefix": "anon_ask_"},
-            headers=served.auth,
-        )
-        key = (await resp.json())["key"]
-    headers = {"Authorization": f"Bearer {key}"}
+    account, headers = await served.anonymous_account()
     ready = asyncio.Event()
     codes: Counter[str] = Counter()
 
