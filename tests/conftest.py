@@ -9,7 +9,7 @@ from calendar import timegm
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import pytest
@@ -27,6 +27,9 @@ from gateway.metering.store import Store
 from gateway.server import GatewayRunner
 from gateway.settings import Settings
 from tests.policies import without_rates
+
+if TYPE_CHECKING:
+    from tests.otlp_collector import Collector
 
 # real redis-server and Redis Cluster fixtures (free ports, temporary directories)
 pytest_plugins = ["tests.redis_servers"]
@@ -112,6 +115,18 @@ async def upstream(aiohttp_server: Any) -> Upstream:
     app.router.add_route("*", "/{tail:.*}", state.handle)
     server = await aiohttp_server(app)
     state.url = server.make_url("")
+    return state
+
+
+@pytest.fixture
+async def collector(aiohttp_server: Any) -> Collector:
+    """A local OpenTelemetry collector (OTLP/HTTP) that keeps the spans it is sent."""
+    # imported here: it needs the [otel] extra, which only the tracing tests use
+    from tests.otlp_collector import Collector, collector_app
+
+    state = Collector()
+    server = await aiohttp_server(collector_app(state))
+    state.url = str(server.make_url("/v1/traces"))
     return state
 
 

@@ -27,7 +27,6 @@ from tests.otlp_collector import (
     SERVER,
     UNSET,
     Collector,
-    collector_app,
     only,
 )
 
@@ -39,14 +38,6 @@ CALLER_SPAN = "00f067aa0ba902b7"
 
 def caller(flags: str = "01", trace_id: str = CALLER_TRACE) -> dict[str, str]:
     return {"traceparent": f"00-{trace_id}-{CALLER_SPAN}-{flags}"}
-
-
-@pytest.fixture
-async def collector(aiohttp_server: Any) -> Collector:
-    state = Collector()
-    server = await aiohttp_server(collector_app(state))
-    state.url = str(server.make_url("/v1/traces"))
-    return state
 
 
 Traced = Callable[..., Awaitable[tuple[Harness, dict[str, str]]]]

@@ -13,28 +13,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.conftest import ROOT, Upstream
 from tests.gateway_process import Served, serve_gateway
-from tests.otlp_collector import CLIENT, SERVER, Collector, collector_app, only
+from tests.otlp_collector import CLIENT, SERVER, Collector, only
 from tests.redis_servers import free_port
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
 # every module's first import, with its time, on stderr (python -X importtime)
 IMPORT_LOG = {"PYTHONPROFILEIMPORTTIME": "1"}
-
-
-@pytest.fixture
-async def collector(aiohttp_server: Any) -> Collector:
-    state = Collector()
-    server = await aiohttp_server(collector_app(state))
-    state.url = str(server.make_url("/v1/traces"))
-    return state
 
 
 async def _one_request_then_sigterm(served: Served) -> None:

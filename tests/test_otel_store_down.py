@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,7 +16,7 @@ from gateway.metering.store import Store
 from gateway.settings import TracingSettings
 from tests.conftest import GatewayFactory
 from tests.ops_policy import ops_policy, write_policy
-from tests.otlp_collector import CLIENT, ERROR, INTERNAL, SERVER, Collector, collector_app, only
+from tests.otlp_collector import CLIENT, ERROR, INTERNAL, SERVER, Collector, only
 from tests.redis_servers import RedisServer
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -29,14 +28,6 @@ def store_factory(own_redis: RedisServer) -> Callable[[FakeClock], Awaitable[Sto
         return RedisStore(own_redis.url, clock=clock, timeout_ms=200)
 
     return make
-
-
-@pytest.fixture
-async def collector(aiohttp_server: Any) -> Collector:
-    state = Collector()
-    server = await aiohttp_server(collector_app(state))
-    state.url = str(server.make_url("/v1/traces"))
-    return state
 
 
 async def test_a_store_outage_is_an_error_on_the_decision_and_the_request(
