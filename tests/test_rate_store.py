@@ -11,45 +11,22 @@ admitted, and after the clock moves ``k`` emission intervals exactly ``k`` more.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from gateway.metering import rates
 from gateway.metering.clock import FakeClock
 from gateway.metering.keys import account_tag
-from gateway.metering.memory import MemoryStore
 from gateway.metering.redis_store import RedisStore
 from gateway.metering.store import Charge, Store
 from gateway.policy.model import Rate
+from tests.test_store_contract import Make, make_store
+
+__all__ = ["make_store"]  # the contract suite's fixture: stores sharing one backend
 
 STORES = ["memory", "redis", "cluster"]
-Make = Callable[[], Store]
 
 TEN_PER_SECOND = Rate(count=10, seconds=1, burst=5)  # one unit back every 100 ms
-
-
-@pytest.fixture(params=STORES)
-async def make_store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Make]:
-    """Stores sharing one backend: several clients, as several workers have."""
-    made: list[Store] = []
-    if request.param == "memory":
-        shared = MemoryStore(clock)
-
-        def make() -> Store:
-            return shared
-
-    else:
-        url = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
-
-        def make() -> Store:
-            store = RedisStore(url, clock=clock, timeout_ms=2000)
-            made.append(store)
-            return store
-
-    yield make
-    for store in made:
-        await store.close()
 
 
 def rate(cost: int = 1, limit: Rate = TEN_PER_SECOND, scope: str = "key_7") -> Charge:
