@@ -33,7 +33,7 @@ from aiohttp import web
 
 from bench.load import Result, run
 from bench.loop import new_loop
-from bench.run import cpu_seconds
+from bench.run import cpu_seconds, median
 from gateway.listener import PROXY_LISTENER, ProxyListener
 from gateway.server import GatewayRunner
 
@@ -149,7 +149,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:  # a loaded machine; the figures are kept
                 proc.kill()
                 proc.wait()
-    print_table({label: _median(results) for label, results in found.items()}, options)
+    print_table({label: median(results) for label, results in found.items()}, options)
     print("\nCPU time of the listener's process per request (user + system), median:")
     for label, figures in cpu.items():
         print(f"{label:<34}{sorted(figures)[len(figures) // 2]:>8.0f} us")
@@ -157,19 +157,6 @@ def main() -> None:
 
 def port_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/api/logic/bench?a=1"
-
-
-def _median(results: list[Result]) -> Result:
-    def mid(values: list[float]) -> float:
-        return sorted(values)[len(values) // 2]
-
-    return Result(
-        mid([r.requests_per_second for r in results]),
-        mid([r.p50_ms for r in results]),
-        mid([r.p99_ms for r in results]),
-        max(r.non_2xx for r in results),
-        results[0].tool,
-    )
 
 
 def print_table(results: dict[str, Result], options: argparse.Namespace) -> None:
