@@ -36,7 +36,9 @@ def _ms(text: str) -> float:
 
 
 def _wrk(url: str, headers: dict[str, str], *, connections: int, seconds: float) -> Result:
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", url]
+    # wrk refuses more threads than connections: one connection is one thread
+    threads = min(2, connections)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--latency", url]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout

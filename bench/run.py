@@ -17,6 +17,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.load import Result, run
 from bench.nginx import available, nginx
 from tests.redis_servers import RedisServer, free_port
@@ -75,7 +77,22 @@ def provision(admin_base: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def gateway(store: str, upstream: str) -> tuple[list[str], str, str]:
+def unrated_policy(folder: Path) -> Path:
+    """The shipped AgentStack policy with every tier's request rates raised out of reach.
+
+    The rate meters stay (each decision still evaluates them, as in production); only their
+    limits move, so a fast gateway measures forwarding, not a stream of cheap 429s."""
+    data: dict[str, Any] = yaml.safe_load((ROOT / "policies" / "agentstack.yaml").read_text())
+    rates = {name for name, meter in data["meters"].items() if meter.get("kind") == "rate"}
+    for tier in data["tiers"].values():
+        for name in rates & tier["limits"].keys():
+            tier["limits"][name] = {"rate": "1000000/s", "burst": 1000000}
+    path = folder / "agentstack-unrated.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def gateway(store: str, upstream: str, policy: Path | None = None) -> tuple[list[str], str, str]:
     port, admin_port = free_port(), free_port()
     args = [
         "-m", "gateway", "serve",
@@ -83,7 +100,7 @@ def gateway(store: str, upstream: str) -> tuple[list[str], str, str]:
         "--admin-listen", f"127.0.0.1:{admin_port}",
         "--upstream", upstream,
         "--store", store,
-        "--policy", str(ROOT / "policies" / "agentstack.yaml"),
+        "--policy", str(policy or ROOT / "policies" / "agentstack.yaml"),
     ]  # fmt: skip
     return args, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
 
@@ -134,7 +151,7 @@ def main() -> None:
             trees.insert(0, (" (baseline)", Path(options.baseline).resolve()))
         for suffix, root in trees:
             for name, store in (("memory", "memory"), ("Redis", redis.url)):
-                args, proxy, admin_base = gateway(store, upstream)
+                args, proxy, admin_base = gateway(store, upstream, unrated_policy(Path(tmp)))
                 proc = stack.enter_context(
                     process(*args, wait_url=admin_base + "/healthz", root=root)
                 )

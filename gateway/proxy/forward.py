@@ -457,6 +457,18 @@ class ClientStalled(ClientGone):
     outcome = "client_stalled"
 
 
+class _CoalescedResponse(web.StreamResponse):
+    """A response whose head leaves in the same write as its first body bytes.
+
+    One send instead of two for the common small answer. Only for an upstream whose first
+    body bytes (or its end) arrived with its head: a head held back for a body still on its
+    way would reach the client late, which a long poll or an event stream cannot afford."""
+
+    # aiohttp's own switch (web.Response turns it off the same way); an aiohttp without it
+    # sends the head at once, which is the plain StreamResponse's behaviour
+    _send_headers_immediately = False
+
+
 async def relay(
     request: web.Request,
     upstream: Response,
@@ -471,7 +483,8 @@ async def relay(
     cannot hold a connection from the pool for ever."""
     headers = downstream_response_headers(upstream.headers)
     headers.update(extra_headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    kind = _CoalescedResponse if upstream.body_ready else web.StreamResponse
+    response = kind(status=upstream.status, reason=upstream.reason, headers=headers)
 
     async def send(write: Awaitable[object], when: str) -> None:
         try:

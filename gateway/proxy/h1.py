@@ -269,6 +269,11 @@ class Connection(asyncio.Protocol):
         return chunk
 
     @property
+    def ready(self) -> bool:
+        """Body bytes, or the body's clean end, are already here: ``readany`` will not wait."""
+        return bool(self._chunks) or self._done
+
+    @property
     def complete(self) -> bool:
         """The response was read to its end, by the caller too."""
         return self._done and not self._chunks and self._error is None

@@ -98,6 +98,11 @@ class Response:
     async def readany(self) -> bytes:
         return await self._conn.readany()
 
+    @property
+    def body_ready(self) -> bool:
+        """The body's first bytes, or its end, arrived with the head: reading will not wait."""
+        return self._conn.ready
+
     def release(self) -> None:
         """Hand the connection back if the exchange finished cleanly, close it otherwise."""
         if self._released:
