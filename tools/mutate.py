@@ -52,6 +52,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_rate_store.py",
         "tests/test_rate_limits.py",
         "tests/test_leases.py",
+        "tests/test_leases_edges.py",
+        "tests/test_guard_edges.py",
     ),
     "gateway/policy": (
         "tests/test_policy_messages.py",
