@@ -54,6 +54,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_leases.py",
         "tests/test_leases_edges.py",
         "tests/test_guard_edges.py",
+        "tests/test_stream_charge.py",
     ),
     "gateway/policy": (
         "tests/test_policy_messages.py",
