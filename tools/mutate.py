@@ -74,6 +74,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_reload_guards.py",
         # test_policy_check's fixtures and `policy check` itself, run in this process
         "tests/test_policy_check_inprocess.py",
+        "tests/test_policy_lint_edges.py",
         "tests/test_policy_leases.py",
         "tests/test_rate_policy.py",
         "tests/test_shipped_policies.py",
