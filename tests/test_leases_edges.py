@@ -7,8 +7,11 @@ docs/testing.md, "Mutation testing"). Memory store and one redis-server, FakeClo
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from gateway.metering.clock import FakeClock
 from gateway.metering.store import Charge, Store
+from gateway.metrics import Metrics
 from tests.test_leases import calls, process, used
 from tests.test_store_contract import Make, make_store, store
 
@@ -79,3 +82,29 @@ async def test_one_counter_charged_twice_in_a_request_leases_and_admits_both_cos
     assert decision.admitted
     assert (leases.held, await used(store, calls())) == (5, 15)
     assert [s.used for s in decision.states] == [10, 10]
+
+
+async def test_units_given_back_by_a_new_lease_are_counted_as_returned(
+    store: Store, clock: FakeClock
+) -> None:
+    registry = CollectorRegistry()
+    leases = process(store, clock, Metrics(registry))
+    assert (await leases.consume("42", [calls(lease=10)], failure_mode=None)).admitted
+    # changed terms: the 9 units left are given back in the call that takes the new lease
+    assert (await leases.consume("42", [calls(lease=5)], failure_mode=None)).admitted
+    assert registry.get_sample_value("gateway_lease_units_returned_total") == 9
+
+
+async def test_a_refund_after_the_window_rolled_goes_to_the_store(
+    store: Store, clock: FakeClock
+) -> None:
+    leases = process(store, clock)
+    decision = await leases.consume("42", [calls(lease=10)], failure_mode=None)
+    (state,) = decision.states
+    assert state.reset_at is not None
+    clock.set(state.reset_at)
+    await leases.give_back(rolled_only=True)
+    # the lease is gone: the refund of a request of the old window is the store's business
+    await leases.release("42", [(state.key, 1)])
+    assert await store.read("42", [state.key]) == [0]
+    assert leases.held == 0
