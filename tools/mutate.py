@@ -55,6 +55,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_leases_edges.py",
         "tests/test_guard_edges.py",
         "tests/test_stream_charge.py",
+        "tests/test_rate_expiry.py",
     ),
     "gateway/policy": (
         "tests/test_policy_messages.py",
