@@ -74,3 +74,24 @@ def test_a_segment_differing_from_another_only_by_case_names_the_other() -> None
         "p.yaml:10: warning: routes[0].path: segment 'Users' differs from 'users' only by "
         "case; /api/x1/users is refused as a variant of upper (400); fix: write /api/{id}/users"
     ]
+
+
+def test_route_overlaps_are_named_errors_first_then_in_file_order() -> None:
+    found = _lint(
+        "  - name: upper\n    path: /api/Users/{id}\n    consume: {calls: 1}\n"
+        "  - name: a\n    path: /api/x/{id}\n    methods: [GET]\n    consume: {calls: 1}\n"
+        "  - name: e\n    path: /api/x/{n}\n    methods: [GET, PUT]\n    consume: {calls: 1}\n"
+        "  - name: c\n    path: /api/x/*\n    methods: [PUT]\n    consume: {calls: 1}\n"
+        "  - name: d\n    path: /api/x/{n}\n    methods: [GET, PUT]\n    consume: {calls: 1}\n"
+    )
+    assert found == [
+        "p.yaml:21: error: routes[3].path: route c can never match: e (/api/x/{n}) comes first "
+        "and takes every request it would; fix: move c above e, or narrow e",
+        "p.yaml:25: error: routes[4].path: route d can never match: a (/api/x/{id}), "
+        "e (/api/x/{n}) comes first and takes every request it would; fix: move d above a, "
+        "or narrow a",
+        "p.yaml:10: warning: routes[0].path: segment 'Users' has capitals; /api/users/x1 is "
+        "refused as a variant of upper (400); fix: write /api/users/{id}",
+        "p.yaml:18: warning: routes[2].methods: GET never reach route e: a (/api/x/{id}) comes "
+        "first and takes them; fix: move e above a, or drop those methods from one of them",
+    ]
