@@ -44,6 +44,18 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_service_caps.py",
         "tests/test_reported_usage.py",
         "tests/test_billing.py",
+        # the fail-open guard, streamed body metering, rate meters and leases: in-process,
+        # on memory and one redis-server (their Cluster cases drop out with "not cluster")
+        "tests/test_redis_faults.py",
+        "tests/test_billing_faults.py",
+        "tests/test_adversarial_body_meter.py",
+        "tests/test_rate_store.py",
+        "tests/test_rate_limits.py",
+        "tests/test_leases.py",
+        "tests/test_leases_edges.py",
+        "tests/test_guard_edges.py",
+        "tests/test_stream_charge.py",
+        "tests/test_rate_expiry.py",
     ),
     "gateway/policy": (
         "tests/test_policy_messages.py",
@@ -61,6 +73,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_policy_table.py",
         "tests/test_ops_reload.py",
         "tests/test_reload_guards.py",
+        # test_policy_check's fixtures and `policy check` itself, run in this process
+        "tests/test_policy_check_inprocess.py",
+        "tests/test_policy_lint_edges.py",
+        "tests/test_policy_leases.py",
+        "tests/test_rate_policy.py",
+        "tests/test_shipped_policies.py",
+        # `gateway policy show` subprocesses: they run the original code, untraced
+        *deselect(
+            "tests/test_shipped_policies.py::test_policy_show_prints_the_seed_table",
+            "tests/test_shipped_policies.py::test_policy_show_agrees_with_the_anonymous_vs_free_table",
+        ),
     ),
     "gateway/identity": (
         "tests/test_identity.py",
