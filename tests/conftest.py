@@ -30,6 +30,7 @@ from tests.policies import without_rates
 
 if TYPE_CHECKING:
     from tests.otlp_collector import Collector
+    from tests.wire import WireUpstream
 
 # real redis-server and Redis Cluster fixtures (free ports, temporary directories)
 pytest_plugins = ["tests.redis_servers"]
@@ -128,6 +129,16 @@ async def collector(aiohttp_server: Any) -> Collector:
     server = await aiohttp_server(collector_app(state))
     state.url = str(server.make_url("/v1/traces"))
     return state
+
+
+@pytest.fixture
+async def wire() -> AsyncIterator[WireUpstream]:
+    """A raw-socket upstream that records the exact bytes of every request it gets."""
+    from tests.wire import WireUpstream
+
+    upstream = await WireUpstream().start()
+    yield upstream
+    upstream.close()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

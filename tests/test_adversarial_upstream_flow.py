@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-
-import pytest
 
 from gateway.settings import Limits
 from tests.adversarial import read_response, request_bytes
@@ -16,13 +13,6 @@ from tests.conftest import GatewayFactory
 from tests.wire import Out, Seen, WireUpstream, gateway_on, get
 
 STORES = ("memory", "redis")
-
-
-@pytest.fixture
-async def wire() -> AsyncIterator[WireUpstream]:
-    upstream = await WireUpstream().start()
-    yield upstream
-    upstream.close()
 
 
 async def test_a_client_that_reads_nothing_stops_the_gateway_reading_the_upstream(

@@ -8,7 +8,6 @@ response was read to the end."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,13 +17,6 @@ from tests.conftest import GatewayFactory
 from tests.wire import OK, Out, Seen, WireUpstream, decisions, gateway_on, get, settled
 
 STORES = ("memory", "redis")
-
-
-@pytest.fixture
-async def wire() -> AsyncIterator[WireUpstream]:
-    upstream = await WireUpstream().start()
-    yield upstream
-    upstream.close()
 
 
 async def test_each_request_arrives_once_with_its_exact_target_and_no_hop_by_hop_header(
