@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.load import Result, run
-from bench.run import ROOT, admin, gateway, process
+from bench.run import ROOT, gateway, process, provision
 from tests.redis_servers import RedisServer, free_port
 
 PATH = "/api/logic/bench"
@@ -33,18 +33,6 @@ def leased_policy(directory: Path, units: int) -> Path:
     path = directory / "leased.yaml"
     path.write_text(text.replace(PREMIUM, PREMIUM + leases, 1))
     return path
-
-
-def key(admin_base: str, tier: str) -> dict[str, str]:
-    account = admin(admin_base, "POST", "/admin/accounts", {"tier": tier})["id"]
-    project = admin(admin_base, "POST", f"/admin/accounts/{account}/projects", {"name": "b"})
-    created = admin(
-        admin_base,
-        "POST",
-        f"/admin/accounts/{account}/keys",
-        {"prefix": "ask_", "project_id": project["id"]},
-    )
-    return {"Authorization": f"Bearer {created['key']}"}
 
 
 def scripts(redis: RedisServer) -> int:
@@ -83,7 +71,7 @@ def main() -> None:
             args += ["--workers", str(options.workers)]
             stack.enter_context(process(*args, wait_url=admin_base + "/healthz"))
             for label, tier in callers:
-                targets.append((label, proxy + PATH, key(admin_base, tier)))
+                targets.append((label, proxy + PATH, provision(admin_base, tier)))
         for _label, url, headers in targets:
             run(url, headers, connections=4, seconds=1)  # warm: connections, leases
         for _ in range(options.repeats):

@@ -64,9 +64,9 @@ def admin(base: str, method: str, path: str, body: dict[str, Any]) -> dict[str, 
         return dict(json.loads(resp.read()))
 
 
-def provision(admin_base: str) -> dict[str, str]:
-    """An enterprise account (unlimited, still counted) and a project key for it."""
-    account = admin(admin_base, "POST", "/admin/accounts", {"tier": "enterprise"})["id"]
+def provision(admin_base: str, tier: str = "enterprise") -> dict[str, str]:
+    """An account on ``tier`` (enterprise: unlimited, still counted) and a project key for it."""
+    account = admin(admin_base, "POST", "/admin/accounts", {"tier": tier})["id"]
     project = admin(admin_base, "POST", f"/admin/accounts/{account}/projects", {"name": "b"})
     key = admin(
         admin_base,
