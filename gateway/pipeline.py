@@ -136,7 +136,9 @@ class Pipeline:
                     entry.project_id,
                     costs,
                     identity,
-                    client=client_address(request, self._trusted),
+                    client=(
+                        client_address(request, self._trusted) if policy.meters_clients else None
+                    ),
                 )
                 charges += capped
                 started = time.perf_counter()

@@ -240,12 +240,20 @@ class Policy:
     service_caps: ServiceCaps | None = None
     #: per tier, its upstream-enforced features as the header value: made once, at load
     _upstream_features: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    #: whether some rate meter is kept per client address: only then does a decision need
+    #: the client's address (X-Forwarded-For parsed behind trusted proxies)
+    meters_clients: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self,
             "_upstream_features",
             {name: self._features_header(tier) for name, tier in self.tiers.items()},
+        )
+        object.__setattr__(
+            self,
+            "meters_clients",
+            any(m.kind == "rate" and m.scope == "client" for m in self.meters.values()),
         )
 
     def shadowed(self, tier: Tier, route: Route) -> bool:
